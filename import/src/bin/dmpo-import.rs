@@ -1,0 +1,195 @@
+//! `dmpo-import`: convert a checkpoint into a dmpo-burn backbone, or run it on a tensor file to
+//! prove the import matches the source framework. Run through `cargo xtask import|forward`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use burn::prelude::*;
+use clap::{Args, Parser, Subcommand};
+use dmpo_import::backend::{self, Backend};
+use dmpo_import::{HostTensor, ImportError, ImportOptions};
+use dmpo_model::vit::GlobalPool;
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "Import timm / Hugging Face / PyTorch ViT checkpoints"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Convert a checkpoint into a directory (config.json + model.mpk).
+    Import {
+        #[command(flatten)]
+        source: Source,
+        /// Output directory.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Run the full-depth model on the tensor `input` ([B,3,H,W] float32) of a safetensors file
+    /// and write `logits` and `pre_logits` (with `--all`: also `features` and `block0..`).
+    Forward {
+        #[command(flatten)]
+        source: Source,
+        #[arg(long)]
+        input: PathBuf,
+        #[arg(long)]
+        output: PathBuf,
+        /// Also write every block's output tokens and the normed features.
+        #[arg(long)]
+        all: bool,
+    },
+}
+
+#[derive(Args)]
+struct Source {
+    /// A .safetensors / .pth checkpoint (timm or Hugging Face), or a directory from `import`.
+    #[arg(long)]
+    weights: PathBuf,
+    /// timm architecture name (e.g. vit_small_patch16_224): gives the number of heads.
+    #[arg(long)]
+    arch: Option<String>,
+    /// Number of attention heads (default: from --arch, else width / 64).
+    #[arg(long)]
+    heads: Option<usize>,
+    /// Input resolution; the position embedding is resampled when it differs.
+    #[arg(long)]
+    img_size: Option<usize>,
+    /// Pooling: token or avg (default: what the checkpoint implies).
+    #[arg(long, value_parser = parse_pool)]
+    global_pool: Option<GlobalPool>,
+    /// LayerNorm epsilon (default: timm 1e-6; Hugging Face config value for HF checkpoints).
+    #[arg(long)]
+    norm_eps: Option<f64>,
+}
+
+fn parse_pool(s: &str) -> Result<GlobalPool, String> {
+    match s {
+        "token" => Ok(GlobalPool::Token),
+        "avg" => Ok(GlobalPool::Avg),
+        _ => Err(format!("`{s}`: expected `token` or `avg`")),
+    }
+}
+
+impl Source {
+    fn options(&self) -> ImportOptions {
+        ImportOptions {
+            arch: self.arch.clone(),
+            num_heads: self.heads,
+            img_size: self.img_size,
+            global_pool: self.global_pool,
+            norm_eps: self.norm_eps,
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<(), ImportError> {
+    let device = backend::device();
+    match cli.command {
+        Command::Import { source, out } => {
+            let imported = dmpo_import::import_checkpoint::<Backend>(
+                &source.weights,
+                &source.options(),
+                &device,
+            )?;
+            let info = dmpo_import::save_backbone(
+                &out,
+                &imported.config,
+                &imported.preprocess,
+                imported.model,
+                &source.weights.display().to_string(),
+            )?;
+            let v = &info.vit;
+            tracing::info!(
+                "imported {}: {} blocks, width {}, {} heads, patch {}, {}px, {} classes -> {}",
+                source.weights.display(),
+                v.depth,
+                v.embed_dim,
+                v.num_heads,
+                v.patch_size,
+                v.img_size,
+                v.num_classes,
+                out.display()
+            );
+        }
+        Command::Forward {
+            source,
+            input,
+            output,
+            all,
+        } => {
+            let (info, model) =
+                dmpo_import::load_any::<Backend>(&source.weights, &source.options(), &device)?;
+            let mut tensors = dmpo_import::read_tensor_file(&input)?;
+            let x = tensors
+                .tensors
+                .remove("input")
+                .ok_or_else(|| ImportError::MissingKey {
+                    path: input.clone(),
+                    key: "input".into(),
+                    expected: vec![0, info.vit.in_chans, info.vit.img_size, info.vit.img_size],
+                })?;
+            let v = &info.vit;
+            if x.shape.len() != 4 || x.shape[1..] != [v.in_chans, v.img_size, v.img_size] {
+                let expected = vec![x_batch(&x), v.in_chans, v.img_size, v.img_size];
+                return Err(ImportError::ShapeMismatch {
+                    path: input,
+                    key: "input".into(),
+                    found: x.shape,
+                    expected,
+                });
+            }
+            let images = Tensor::<Backend, 4>::from_data(TensorData::new(x.data, x.shape), &device);
+            tracing::info!(
+                "running {} blocks on {} ({})",
+                v.depth,
+                backend::NAME,
+                input.display()
+            );
+            let out = model.forward_all(images);
+            let mut result = vec![
+                ("logits".to_string(), host(out.logits)),
+                ("pre_logits".to_string(), host(out.pre_logits)),
+            ];
+            if all {
+                result.push(("features".into(), host(out.features)));
+                for (i, b) in out.blocks.into_iter().enumerate() {
+                    result.push((format!("block{i}"), host(b)));
+                }
+            }
+            dmpo_import::write_safetensors(&output, &result)?;
+            tracing::info!("wrote {}", output.display());
+        }
+    }
+    Ok(())
+}
+
+fn x_batch(x: &HostTensor) -> usize {
+    x.shape.first().copied().unwrap_or(1)
+}
+
+fn host<const D: usize>(t: Tensor<Backend, D>) -> HostTensor {
+    let data = t.into_data();
+    let shape = data.shape.to_vec();
+    HostTensor::new(shape, data.convert::<f32>().into_vec().expect("f32 tensor"))
+}

@@ -1,0 +1,142 @@
+//! A converted model on disk: a directory with `config.json` (architecture, preprocessing, where
+//! it came from, a hash of the weights) and `model.bpk` (burn-store's Burnpack, full precision:
+//! loading it checks every tensor's presence and shape and reports, not panics).
+//! Written atomically, so an interrupted save never leaves a half-written model behind.
+
+use std::path::{Path, PathBuf};
+
+use burn::prelude::*;
+use burn_store::{BurnpackStore, ModuleSnapshot};
+use dmpo_model::Preprocess;
+use dmpo_model::vit::{VisionTransformer, VitConfig};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::error::{ImportError, Result};
+
+pub const CONFIG_FILE: &str = "config.json";
+pub const WEIGHTS_FILE: &str = "model.bpk";
+const FORMAT: &str = "dmpo-burn/vit";
+
+/// The `config.json` of a converted backbone.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct BackboneInfo {
+    /// Always `dmpo-burn/vit`; tells our files from others.
+    pub format: String,
+    pub vit: VitConfig,
+    pub preprocess: Preprocess,
+    /// The file it was imported from, for the record.
+    pub source: String,
+    /// SHA-256 of `model.bpk`: trained add-ons are bound to exactly these weights.
+    pub weights_sha256: String,
+}
+
+/// Writes `model` and its description into `dir` (created if needed), atomically per file:
+/// each is written under a temporary name and renamed into place, weights first.
+pub fn save_backbone<B: Backend>(
+    dir: &Path,
+    vit: &VitConfig,
+    preprocess: &Preprocess,
+    model: VisionTransformer<B>,
+    source: &str,
+) -> Result<BackboneInfo> {
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| ImportError::Io { path, source }
+    };
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    let tmp_weights = dir.join(format!(".model-{}-tmp.bpk", std::process::id()));
+    model
+        .save_into(&mut BurnpackStore::from_file(&tmp_weights).overwrite(true))
+        .map_err(|e| ImportError::Io {
+            path: tmp_weights.clone(),
+            source: std::io::Error::other(e.to_string()),
+        })?;
+    let weights = dir.join(WEIGHTS_FILE);
+    let bytes = std::fs::read(&tmp_weights).map_err(io(&tmp_weights))?;
+    let info = BackboneInfo {
+        format: FORMAT.into(),
+        vit: vit.clone(),
+        preprocess: preprocess.clone(),
+        source: source.into(),
+        weights_sha256: sha256_hex(&bytes),
+    };
+    std::fs::rename(&tmp_weights, &weights).map_err(io(&weights))?;
+    let json = serde_json::to_string_pretty(&info).expect("config serialises");
+    write_atomic(&dir.join(CONFIG_FILE), json.as_bytes())?;
+    Ok(info)
+}
+
+/// Reads `config.json` of a converted backbone directory.
+pub fn read_backbone_info(dir: &Path) -> Result<BackboneInfo> {
+    let path = dir.join(CONFIG_FILE);
+    let text = std::fs::read_to_string(&path).map_err(|source| ImportError::Io {
+        path: path.clone(),
+        source,
+    })?;
+    let info: BackboneInfo = serde_json::from_str(&text).map_err(|e| ImportError::Config {
+        path: path.clone(),
+        reason: format!("not a dmpo-burn backbone config: {e}"),
+    })?;
+    if info.format != FORMAT {
+        return Err(ImportError::Config {
+            path,
+            reason: format!("format is `{}`, expected `{FORMAT}`", info.format),
+        });
+    }
+    info.vit
+        .validate()
+        .map_err(|reason| ImportError::Config { path, reason })?;
+    Ok(info)
+}
+
+/// Loads a directory written by [`save_backbone`].
+pub fn load_backbone<B: Backend>(
+    dir: &Path,
+    device: &B::Device,
+) -> Result<(BackboneInfo, VisionTransformer<B>)> {
+    let info = read_backbone_info(dir)?;
+    let weights = dir.join(WEIGHTS_FILE);
+    if !weights.is_file() {
+        return Err(ImportError::Io {
+            path: weights,
+            source: std::io::Error::new(std::io::ErrorKind::NotFound, "weights file missing"),
+        });
+    }
+    let mut model = info.vit.init::<B>(device);
+    let result = model
+        .load_from(&mut BurnpackStore::from_file(&weights))
+        .map_err(|e| ImportError::Corrupt {
+            path: weights.clone(),
+            reason: e.to_string(),
+        })?;
+    if !result.is_success() || !result.missing.is_empty() || !result.unused.is_empty() {
+        return Err(ImportError::Corrupt {
+            path: weights,
+            reason: format!("the weights do not fit the architecture in config.json: {result}"),
+        });
+    }
+    Ok((info, model))
+}
+
+/// Writes `bytes` to a temporary file beside `path` and renames it into place.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp: PathBuf = {
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("out");
+        path.with_file_name(format!(".{name}.{}.tmp", std::process::id()))
+    };
+    std::fs::write(&tmp, bytes)
+        .and_then(|()| std::fs::rename(&tmp, path))
+        .map_err(|source| ImportError::Io {
+            path: path.to_path_buf(),
+            source,
+        })
+}
+
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}

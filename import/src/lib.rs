@@ -1,0 +1,117 @@
+//! # dmpo-import
+//!
+//! Turns the checkpoints users already have into [`dmpo_model`] modules: timm `.safetensors`
+//! and PyTorch `.pth` state dicts, and Hugging Face `transformers` ViT checkpoints. The
+//! architecture is read off the tensors; every missing, unexpected or misshapen tensor is an
+//! error that names the file, the key and the shapes.
+//!
+//! ```no_run
+//! # use burn::backend::NdArray;
+//! let device = Default::default();
+//! let (backbone, model) = dmpo_import::load_any::<NdArray>(
+//!     "vit_small.safetensors".as_ref(),
+//!     &dmpo_import::ImportOptions::default(),
+//!     &device,
+//! )?;
+//! # Ok::<(), dmpo_import::ImportError>(())
+//! ```
+
+mod converted;
+mod error;
+mod hf_layout;
+mod infer_config;
+mod readers;
+pub mod resample;
+mod tensor_map;
+mod vit_loader;
+
+#[cfg(any(feature = "ndarray", feature = "wgpu", feature = "cuda"))]
+pub mod backend;
+
+use std::path::Path;
+
+use burn::prelude::*;
+use dmpo_model::Preprocess;
+use dmpo_model::vit::{VisionTransformer, VitConfig};
+
+pub use converted::{
+    BackboneInfo, CONFIG_FILE, WEIGHTS_FILE, load_backbone, read_backbone_info, save_backbone,
+    sha256_hex, write_atomic,
+};
+pub use error::{ImportError, Result};
+pub use hf_layout::{HfConfigHints, hf_to_timm, is_hf_layout, read_sidecar_config};
+pub use infer_config::{ImportOptions, infer_config};
+pub use readers::{
+    CheckpointFormat, read_checkpoint, read_tensor_file, sniff_format, write_safetensors,
+};
+pub use tensor_map::{HostTensor, TensorMap};
+pub use vit_loader::load_vit;
+
+/// A checkpoint file read, translated to timm's layout and its architecture inferred.
+pub struct Imported<B: Backend> {
+    pub config: VitConfig,
+    pub preprocess: Preprocess,
+    pub model: VisionTransformer<B>,
+}
+
+/// Imports a timm, PyTorch or Hugging Face ViT checkpoint file.
+pub fn import_checkpoint<B: Backend>(
+    path: &Path,
+    opts: &ImportOptions,
+    device: &B::Device,
+) -> Result<Imported<B>> {
+    let mut map = read_checkpoint(path)?;
+    let mut hints = None;
+    if is_hf_layout(&map) {
+        hints = read_sidecar_config(path)?;
+        map = hf_to_timm(map)?;
+        if hints.is_none() && opts.norm_eps.is_none() {
+            // transformers' ViTConfig default; timm's 1e-6 would shift every output slightly.
+            hints = Some(HfConfigHints {
+                num_heads: None,
+                layer_norm_eps: Some(1e-12),
+            });
+        }
+    }
+    let config = infer_config(&map, opts, hints.as_ref())?;
+    let preprocess = default_preprocess(&config, opts.arch.as_deref());
+    let model = load_vit(&config, map, device)?;
+    Ok(Imported {
+        config,
+        preprocess,
+        model,
+    })
+}
+
+/// timm's evaluation preprocessing for an architecture: DeiT uses ImageNet statistics, the
+/// other ViTs (augreg, in21k, HF google/vit) mean = std = 0.5.
+pub fn default_preprocess(config: &VitConfig, arch: Option<&str>) -> Preprocess {
+    let p = Preprocess::new(config.img_size);
+    if arch.is_some_and(|a| a.starts_with("deit")) {
+        p.with_mean(Preprocess::IMAGENET_MEAN)
+            .with_std(Preprocess::IMAGENET_STD)
+            .with_crop_pct(0.875)
+    } else {
+        p
+    }
+}
+
+/// Loads a backbone from a checkpoint file or a directory written by [`save_backbone`].
+pub fn load_any<B: Backend>(
+    path: &Path,
+    opts: &ImportOptions,
+    device: &B::Device,
+) -> Result<(BackboneInfo, VisionTransformer<B>)> {
+    if path.is_dir() {
+        return load_backbone(path, device);
+    }
+    let imported = import_checkpoint(path, opts, device)?;
+    let info = BackboneInfo {
+        format: "dmpo-burn/vit".into(),
+        vit: imported.config,
+        preprocess: imported.preprocess,
+        source: path.display().to_string(),
+        weights_sha256: String::new(),
+    };
+    Ok((info, imported.model))
+}

@@ -1,0 +1,10 @@
+//! # dmpo-model
+//!
+//! The models of dmpo-burn, written once and generic over any Burn `Backend`: a timm-exact
+//! [`vit::VisionTransformer`] and (built on it) the DMPO multi-exit model. No I/O, no CLI and no
+//! backend is named here, so any Burn application can depend on this crate alone.
+
+mod preprocess;
+pub mod vit;
+
+pub use preprocess::Preprocess;

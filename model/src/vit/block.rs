@@ -1,0 +1,79 @@
+use burn::nn::{LayerNorm, LayerNormConfig};
+use burn::prelude::*;
+
+use super::{Attention, LayerScale, Mlp};
+
+/// Settings of one [`Block`].
+#[derive(Debug, Clone)]
+pub struct BlockConfig {
+    pub embed_dim: usize,
+    pub num_heads: usize,
+    pub mlp_hidden_dim: usize,
+    pub qkv_bias: bool,
+    pub init_values: Option<f64>,
+    pub norm_eps: f64,
+}
+
+impl BlockConfig {
+    pub fn init<B: Backend>(&self, device: &B::Device) -> Block<B> {
+        let d = self.embed_dim;
+        let norm = || {
+            LayerNormConfig::new(d)
+                .with_epsilon(self.norm_eps)
+                .init::<B>(device)
+        };
+        let ls = || self.init_values.map(|v| LayerScale::<B>::new(d, v, device));
+        Block {
+            norm1: norm(),
+            attn: Attention::new(d, self.num_heads, self.qkv_bias, device),
+            ls1: ls(),
+            norm2: norm(),
+            mlp: Mlp::new(d, self.mlp_hidden_dim, device),
+            ls2: ls(),
+        }
+    }
+}
+
+/// Pre-norm transformer block: `x + ls1(attn(norm1(x)))`, then `x + ls2(mlp(norm2(x)))`.
+#[derive(Module, Debug)]
+pub struct Block<B: Backend> {
+    pub norm1: LayerNorm<B>,
+    pub attn: Attention<B>,
+    pub ls1: Option<LayerScale<B>>,
+    pub norm2: LayerNorm<B>,
+    pub mlp: Mlp<B>,
+    pub ls2: Option<LayerScale<B>>,
+}
+
+impl<B: Backend> Block<B> {
+    /// `x`: `[B, N, D]` → `[B, N, D]`.
+    pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        self.forward_mlp_residual(self.forward_attention_residual(x), None)
+    }
+
+    /// The attention half of the block: `x + ls1(attn(norm1(x)))`.
+    pub fn forward_attention_residual(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        x.clone() + scale(&self.ls1, self.attn.forward(self.norm1.forward(x)))
+    }
+
+    /// The MLP half: `x + ls2(mlp(norm2(x))) [+ parallel]`, where `parallel` is a branch computed
+    /// from the same `x` by the caller (the DMPO adapter).
+    pub fn forward_mlp_residual(
+        &self,
+        x: Tensor<B, 3>,
+        parallel: Option<Tensor<B, 3>>,
+    ) -> Tensor<B, 3> {
+        let branch = scale(&self.ls2, self.mlp.forward(self.norm2.forward(x.clone())));
+        match parallel {
+            Some(p) => x + branch + p,
+            None => x + branch,
+        }
+    }
+}
+
+fn scale<B: Backend>(ls: &Option<LayerScale<B>>, x: Tensor<B, 3>) -> Tensor<B, 3> {
+    match ls {
+        Some(ls) => ls.forward(x),
+        None => x,
+    }
+}

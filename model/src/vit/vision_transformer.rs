@@ -1,0 +1,130 @@
+use burn::module::Param;
+use burn::nn::{LayerNorm, Linear};
+use burn::prelude::*;
+
+use super::{Block, GlobalPool, PatchEmbed};
+
+/// timm's `VisionTransformer`: patch embedding, optional class token, learned absolute position
+/// embedding, pre-norm blocks, final norm (or `fc_norm` after pooling), pooling, linear head.
+#[derive(Module, Debug)]
+pub struct VisionTransformer<B: Backend> {
+    pub patch_embed: PatchEmbed<B>,
+    /// `[1, 1, D]`.
+    pub cls_token: Option<Param<Tensor<B, 3>>>,
+    /// `[1, T, D]`, including the class token's position when there is one.
+    pub pos_embed: Param<Tensor<B, 3>>,
+    pub blocks: Vec<Block<B>>,
+    /// Final norm on all tokens; absent when `fc_norm` is used (timm makes it `Identity`).
+    pub norm: Option<LayerNorm<B>>,
+    /// Norm applied after pooling.
+    pub fc_norm: Option<LayerNorm<B>>,
+    /// `[D, classes]`; absent for a features-only model.
+    pub head: Option<Linear<B>>,
+    pub global_pool: GlobalPool,
+    pub num_prefix_tokens: usize,
+}
+
+/// Everything one full-depth pass produces, for checking against timm and for the exits.
+#[derive(Debug, Clone)]
+pub struct VitOutput<B: Backend> {
+    /// Each block's output tokens, `[B, T, D]`, before the final norm.
+    pub blocks: Vec<Tensor<B, 3>>,
+    /// timm's `forward_features`: the last block's tokens after the final norm, `[B, T, D]`.
+    pub features: Tensor<B, 3>,
+    /// Pooled (and `fc_norm`ed) features fed to the head, `[B, D]`.
+    pub pre_logits: Tensor<B, 2>,
+    /// `[B, classes]` (equal to `pre_logits` when there is no head).
+    pub logits: Tensor<B, 2>,
+}
+
+impl<B: Backend> VisionTransformer<B> {
+    pub fn embed_dim(&self) -> usize {
+        self.pos_embed.dims()[2]
+    }
+
+    pub fn depth(&self) -> usize {
+        self.blocks.len()
+    }
+
+    /// Images `[B, C, H, W]` → the tokens entering block 0, `[B, T, D]`
+    /// (patches, class token prepended, position embedding added).
+    pub fn embed(&self, images: Tensor<B, 4>) -> Tensor<B, 3> {
+        let x = self.patch_embed.forward(images);
+        let [b, _, d] = x.dims();
+        let x = match &self.cls_token {
+            Some(cls) => Tensor::cat(vec![cls.val().expand([b, 1, d]), x], 1),
+            None => x,
+        };
+        x + self.pos_embed.val()
+    }
+
+    /// Runs block `index` on `[B, T, D]` tokens.
+    pub fn forward_block(&self, index: usize, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        self.blocks[index].forward(x)
+    }
+
+    /// The final norm (identity when the model uses `fc_norm`): `[B, T, D]` → `[B, T, D]`.
+    pub fn final_norm(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        match &self.norm {
+            Some(norm) => norm.forward(x),
+            None => x,
+        }
+    }
+
+    /// Pools normed tokens `[B, T, D]` into `[B, D]`, then applies `fc_norm` if present.
+    pub fn pool(&self, features: Tensor<B, 3>) -> Tensor<B, 2> {
+        let [b, t, d] = features.dims();
+        let pooled = match self.global_pool {
+            GlobalPool::Token => features.narrow(1, 0, 1).reshape([b, d]),
+            GlobalPool::Avg => {
+                let p = self.num_prefix_tokens;
+                features.narrow(1, p, t - p).mean_dim(1).reshape([b, d])
+            }
+        };
+        match &self.fc_norm {
+            Some(norm) => norm.forward(pooled),
+            None => pooled,
+        }
+    }
+
+    /// `[B, D]` → `[B, classes]`.
+    pub fn forward_head(&self, pre_logits: Tensor<B, 2>) -> Tensor<B, 2> {
+        match &self.head {
+            Some(head) => head.forward(pre_logits),
+            None => pre_logits,
+        }
+    }
+
+    /// timm's `forward_features`: images `[B, C, H, W]` → normed tokens `[B, T, D]`.
+    pub fn forward_features(&self, images: Tensor<B, 4>) -> Tensor<B, 3> {
+        let x = self
+            .blocks
+            .iter()
+            .fold(self.embed(images), |x, block| block.forward(x));
+        self.final_norm(x)
+    }
+
+    /// Images `[B, C, H, W]` → logits `[B, classes]`.
+    pub fn forward(&self, images: Tensor<B, 4>) -> Tensor<B, 2> {
+        self.forward_head(self.pool(self.forward_features(images)))
+    }
+
+    /// One full pass that keeps every intermediate a user or a test wants to inspect.
+    pub fn forward_all(&self, images: Tensor<B, 4>) -> VitOutput<B> {
+        let mut x = self.embed(images);
+        let mut blocks = Vec::with_capacity(self.blocks.len());
+        for block in &self.blocks {
+            x = block.forward(x);
+            blocks.push(x.clone());
+        }
+        let features = self.final_norm(x);
+        let pre_logits = self.pool(features.clone());
+        let logits = self.forward_head(pre_logits.clone());
+        VitOutput {
+            blocks,
+            features,
+            pre_logits,
+            logits,
+        }
+    }
+}
