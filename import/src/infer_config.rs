@@ -140,5 +140,7 @@ pub fn infer_config(
 /// The patch grid side the checkpoint's position embedding was trained for.
 pub fn checkpoint_grid(map: &TensorMap, class_token: bool) -> usize {
     let tokens = map.shape("pos_embed").map_or(0, |s| s[1]);
-    (tokens.saturating_sub(usize::from(class_token)) as f64).sqrt().round() as usize
+    (tokens.saturating_sub(usize::from(class_token)) as f64)
+        .sqrt()
+        .round() as usize
 }

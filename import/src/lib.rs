@@ -23,6 +23,7 @@ mod infer_config;
 mod readers;
 pub mod resample;
 mod tensor_map;
+mod trained;
 mod vit_loader;
 
 #[cfg(any(feature = "ndarray", feature = "wgpu", feature = "cuda"))]
@@ -45,6 +46,7 @@ pub use readers::{
     CheckpointFormat, read_checkpoint, read_tensor_file, sniff_format, write_safetensors,
 };
 pub use tensor_map::{HostTensor, TensorMap};
+pub use trained::{TrainedBinding, backbone_fingerprint, load_trained, read_binding, save_trained};
 pub use vit_loader::load_vit;
 
 /// A checkpoint file read, translated to timm's layout and its architecture inferred.

@@ -1,9 +1,11 @@
 //! # dmpo-model
 //!
 //! The models of dmpo-burn, written once and generic over any Burn `Backend`: a timm-exact
-//! [`vit::VisionTransformer`] and (built on it) the DMPO multi-exit model. No I/O, no CLI and no
-//! backend is named here, so any Burn application can depend on this crate alone.
+//! [`vit::VisionTransformer`] and, built on it, the DMPO multi-exit model ([`dmpo::DmpoModel`]).
+//! No I/O, no CLI and no backend is named here, so any Burn application can depend on this
+//! crate alone.
 
+pub mod dmpo;
 mod preprocess;
 pub mod vit;
 

@@ -48,26 +48,19 @@ pub struct Block<B: Backend> {
 impl<B: Backend> Block<B> {
     /// `x`: `[B, N, D]` → `[B, N, D]`.
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        self.forward_mlp_residual(self.forward_attention_residual(x), None)
+        let x = self.forward_attention_residual(x);
+        x.clone() + self.mlp_branch(self.norm2.forward(x))
     }
 
-    /// The attention half of the block: `x + ls1(attn(norm1(x)))`.
+    /// The attention half of the block: `x + ls1(attn(norm1(x)))`, `[B, N, D]` → `[B, N, D]`.
     pub fn forward_attention_residual(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         x.clone() + scale(&self.ls1, self.attn.forward(self.norm1.forward(x)))
     }
 
-    /// The MLP half: `x + ls2(mlp(norm2(x))) [+ parallel]`, where `parallel` is a branch computed
-    /// from the same `x` by the caller (the DMPO adapter).
-    pub fn forward_mlp_residual(
-        &self,
-        x: Tensor<B, 3>,
-        parallel: Option<Tensor<B, 3>>,
-    ) -> Tensor<B, 3> {
-        let branch = scale(&self.ls2, self.mlp.forward(self.norm2.forward(x.clone())));
-        match parallel {
-            Some(p) => x + branch + p,
-            None => x + branch,
-        }
+    /// The MLP branch on already normed tokens, `ls2(mlp(normed))`: `[B, N, D]` → `[B, N, D]`.
+    /// Exposed so a parallel adapter can share `norm2(x)` with it.
+    pub fn mlp_branch(&self, normed: Tensor<B, 3>) -> Tensor<B, 3> {
+        scale(&self.ls2, self.mlp.forward(normed))
     }
 }
 

@@ -82,7 +82,10 @@ impl VitConfig {
 
     /// Checks the invariants timm asserts in its constructor, with a message a user can act on.
     pub fn validate(&self) -> Result<(), String> {
-        if self.patch_size == 0 || self.img_size == 0 || !self.img_size.is_multiple_of(self.patch_size) {
+        if self.patch_size == 0
+            || self.img_size == 0
+            || !self.img_size.is_multiple_of(self.patch_size)
+        {
             return Err(format!(
                 "img_size {} must be a positive multiple of patch_size {}",
                 self.img_size, self.patch_size

@@ -20,4 +20,4 @@ pub use layer_scale::LayerScale;
 pub use mlp::Mlp;
 pub use patch_embed::PatchEmbed;
 pub use presets::{PRESET_NAMES, preset};
-pub use vision_transformer::{VisionTransformer, VitOutput};
+pub use vision_transformer::{VisionTransformer, VitOutput, pool_tokens};

@@ -73,14 +73,7 @@ impl<B: Backend> VisionTransformer<B> {
 
     /// Pools normed tokens `[B, T, D]` into `[B, D]`, then applies `fc_norm` if present.
     pub fn pool(&self, features: Tensor<B, 3>) -> Tensor<B, 2> {
-        let [b, t, d] = features.dims();
-        let pooled = match self.global_pool {
-            GlobalPool::Token => features.narrow(1, 0, 1).reshape([b, d]),
-            GlobalPool::Avg => {
-                let p = self.num_prefix_tokens;
-                features.narrow(1, p, t - p).mean_dim(1).reshape([b, d])
-            }
-        };
+        let pooled = pool_tokens(features, self.global_pool, self.num_prefix_tokens);
         match &self.fc_norm {
             Some(norm) => norm.forward(pooled),
             None => pooled,
@@ -126,5 +119,22 @@ impl<B: Backend> VisionTransformer<B> {
             pre_logits,
             logits,
         }
+    }
+}
+
+/// timm's pooling: the class token (`Token`) or the mean of the patch tokens, skipping the
+/// `num_prefix_tokens` leading ones (`Avg`). `[B, T, D]` → `[B, D]`.
+pub fn pool_tokens<B: Backend>(
+    tokens: Tensor<B, 3>,
+    pool: GlobalPool,
+    num_prefix_tokens: usize,
+) -> Tensor<B, 2> {
+    let [b, t, d] = tokens.dims();
+    match pool {
+        GlobalPool::Token => tokens.narrow(1, 0, 1).reshape([b, d]),
+        GlobalPool::Avg => tokens
+            .narrow(1, num_prefix_tokens, t - num_prefix_tokens)
+            .mean_dim(1)
+            .reshape([b, d]),
     }
 }

@@ -1,0 +1,37 @@
+use burn::nn::{LayerNorm, LayerNormConfig, Linear, LinearConfig};
+use burn::prelude::*;
+use burn::tensor::activation::gelu;
+
+/// The light module between the trunk and an early exit: `z = h + s · Up(GELU(Down(LN(h))))`.
+///
+/// The exit reads `z`; the trunk keeps passing `h` to the next block. So the exit's need for
+/// discriminative features is met by the bypass, and does not bend the low-level features the
+/// deeper blocks consume. `Up` starts at zero: at first the exit sees `h` itself.
+#[derive(Module, Debug)]
+pub struct Bypass<B: Backend> {
+    pub norm: LayerNorm<B>,
+    pub down: Linear<B>,
+    pub up: Linear<B>,
+    pub scale: f64,
+}
+
+impl<B: Backend> Bypass<B> {
+    pub fn new(dim: usize, bottleneck: usize, scale: f64, device: &B::Device) -> Self {
+        Self {
+            norm: LayerNormConfig::new(dim).with_epsilon(1e-6).init(device),
+            down: LinearConfig::new(dim, bottleneck).init(device),
+            up: LinearConfig::new(bottleneck, dim)
+                .with_initializer(burn::nn::Initializer::Zeros)
+                .init(device),
+            scale,
+        }
+    }
+
+    /// `h`: the trunk's tokens after the exit's block, `[B, T, D]` → `z`, `[B, T, D]`.
+    pub fn forward(&self, h: Tensor<B, 3>) -> Tensor<B, 3> {
+        let branch = self
+            .up
+            .forward(gelu(self.down.forward(self.norm.forward(h.clone()))));
+        h + branch * self.scale
+    }
+}

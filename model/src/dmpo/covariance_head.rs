@@ -1,0 +1,91 @@
+use burn::nn::{LayerNorm, LayerNormConfig, Linear, LinearConfig};
+use burn::prelude::*;
+
+use super::{newton_schulz_sqrt, upper_triangle};
+
+/// A second-order (covariance) predictor with iSQRT-COV matrix normalisation
+/// (Li et al., CVPR 2018), for the early exits, where a linear head on a shallow class token
+/// has little to discriminate with:
+///
+/// 1. `X = Reduce(LN(patch tokens))`, `[N, d']`;
+/// 2. `Σ = (1/N) X̄ᵀX̄`, X̄ centred over tokens;
+/// 3. `A = Σ / (tr Σ + ε)`; 4. `Y = NS_T(A)` (Newton–Schulz, T iterations);
+/// 5. `Y · √(tr Σ + ε)`; 6. upper triangle → `Linear` → logits.
+///
+/// With `cls` set, a linear head on the class token is added to the logits (So-ViT's fusion).
+#[derive(Module, Debug)]
+pub struct CovarianceHead<B: Backend> {
+    pub norm: LayerNorm<B>,
+    pub reduce: Linear<B>,
+    pub classifier: Linear<B>,
+    pub cls: Option<Linear<B>>,
+    pub iterations: usize,
+    pub num_prefix_tokens: usize,
+    pub eps: f64,
+}
+
+impl<B: Backend> CovarianceHead<B> {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        dim: usize,
+        reduced: usize,
+        num_classes: usize,
+        iterations: usize,
+        num_prefix_tokens: usize,
+        fuse_cls: bool,
+        eps: f64,
+        device: &B::Device,
+    ) -> Self {
+        Self {
+            norm: LayerNormConfig::new(dim).with_epsilon(1e-6).init(device),
+            reduce: LinearConfig::new(dim, reduced).init(device),
+            classifier: LinearConfig::new(reduced * (reduced + 1) / 2, num_classes).init(device),
+            cls: (fuse_cls && num_prefix_tokens > 0)
+                .then(|| LinearConfig::new(dim, num_classes).init(device)),
+            iterations,
+            num_prefix_tokens,
+            eps,
+        }
+    }
+
+    /// The matrix-normalised covariance of the patch tokens: `[B, T, D]` → `[B, d', d']`.
+    pub fn pooled_covariance(&self, tokens: Tensor<B, 3>) -> Tensor<B, 3> {
+        let [b, t, _] = tokens.dims();
+        let p = self.num_prefix_tokens;
+        let n = t - p;
+        let x = self
+            .reduce
+            .forward(self.norm.forward(tokens.narrow(1, p, n)));
+        let centred = x.clone() - x.mean_dim(1);
+        let sigma = centred.clone().swap_dims(1, 2).matmul(centred) / n as f64;
+        let d = sigma.dims()[1];
+        let trace = batch_trace(sigma.clone(), b, d) + self.eps;
+        let a = sigma / trace.clone().reshape([b, 1, 1]);
+        newton_schulz_sqrt(a, self.iterations) * trace.sqrt().reshape([b, 1, 1])
+    }
+
+    /// `tokens`: `[B, T, D]` (class token first when there is one) → logits `[B, classes]`.
+    pub fn forward(&self, tokens: Tensor<B, 3>) -> Tensor<B, 2> {
+        let [b, _, d] = tokens.dims();
+        let cls = self.cls.as_ref().map(|head| {
+            head.forward(
+                self.norm
+                    .forward(tokens.clone().narrow(1, 0, 1))
+                    .reshape([b, d]),
+            )
+        });
+        let logits = self
+            .classifier
+            .forward(upper_triangle(self.pooled_covariance(tokens)));
+        match cls {
+            Some(c) => logits + c,
+            None => logits,
+        }
+    }
+}
+
+/// Trace of each `[d, d]` matrix: `[B, d, d]` → `[B]`.
+fn batch_trace<B: Backend>(m: Tensor<B, 3>, b: usize, d: usize) -> Tensor<B, 1> {
+    let eye = Tensor::<B, 2>::eye(d, &m.device()).unsqueeze::<3>();
+    (m * eye).reshape([b, d * d]).sum_dim(1).reshape([b])
+}

@@ -1,0 +1,260 @@
+use burn::nn::LinearConfig;
+use burn::prelude::*;
+
+use super::cost::{StageCost, vit_block_macs, vit_embed_macs};
+use super::{Adapter, Bypass, CovarianceHead, DmpoConfig, EarlyHead, ExitHead, LinearHead};
+use crate::vit::VisionTransformer;
+
+/// A frozen ViT with adapters, bypass modules and one predictor per exit.
+///
+/// The backbone's own final norm and head are moved into the last exit's [`LinearHead`], so with
+/// fresh (zero) adapters the last exit reproduces the backbone exactly.
+#[derive(Module, Debug)]
+pub struct DmpoModel<B: Backend> {
+    /// Frozen: no parameter here receives a gradient.
+    pub backbone: VisionTransformer<B>,
+    /// One per block, or none when adapters are off.
+    pub adapters: Vec<Adapter<B>>,
+    /// One per exit; `None` where the exit reads the trunk directly (always for the last).
+    pub bypasses: Vec<Option<Bypass<B>>>,
+    /// One per exit.
+    pub heads: Vec<ExitHead<B>>,
+    /// Exit k sits after block `exits[k]` (counted from 1).
+    pub exits: Vec<usize>,
+    pub detach_exit_inputs: bool,
+}
+
+/// Parameter counts, for the "trainable is a small fraction" budget.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ParamCounts {
+    pub total: usize,
+    pub trainable: usize,
+}
+
+impl DmpoConfig {
+    /// Builds the multi-exit model around `backbone`, which is frozen. Errors if the exits do
+    /// not fit the backbone.
+    pub fn init<B: Backend>(
+        &self,
+        mut backbone: VisionTransformer<B>,
+        device: &B::Device,
+    ) -> Result<DmpoModel<B>, String> {
+        let depth = backbone.depth();
+        self.validate(depth)?;
+        let exits = self.exit_blocks(depth);
+        let d = backbone.embed_dim();
+        let prefix = backbone.num_prefix_tokens;
+        let pool = backbone.global_pool;
+
+        // The last exit is the backbone's own head, moved out so no parameter is shared.
+        let freeze = |m: Option<burn::nn::LayerNorm<B>>| m.map(|n| n.no_grad());
+        let classifier = match backbone.head.take() {
+            Some(head) if head.weight.dims()[1] == self.num_classes => head,
+            _ => LinearConfig::new(d, self.num_classes).init(device),
+        };
+        let last = LinearHead {
+            norm: freeze(backbone.norm.take()),
+            fc_norm: freeze(backbone.fc_norm.take()),
+            classifier,
+            pool,
+            num_prefix_tokens: prefix,
+        };
+        let backbone = backbone.no_grad();
+
+        let adapters = match &self.adapter {
+            Some(a) => (0..depth)
+                .map(|_| Adapter::new(d, a.dim, a.scale, device))
+                .collect(),
+            None => Vec::new(),
+        };
+        let early = exits.len() - 1;
+        let mut bypasses: Vec<Option<Bypass<B>>> = (0..early)
+            .map(|_| {
+                self.bypass
+                    .as_ref()
+                    .map(|b| Bypass::new(d, b.dim.unwrap_or((d / 12).max(1)), b.scale, device))
+            })
+            .collect();
+        bypasses.push(None);
+        let cov = &self.covariance;
+        let mut heads: Vec<ExitHead<B>> = (0..early)
+            .map(|_| match self.early_head {
+                EarlyHead::Covariance => ExitHead::Covariance(CovarianceHead::new(
+                    d,
+                    cov.dim,
+                    self.num_classes,
+                    cov.iterations,
+                    prefix,
+                    cov.fuse_cls,
+                    cov.eps,
+                    device,
+                )),
+                EarlyHead::Linear => {
+                    ExitHead::Linear(LinearHead::new(d, self.num_classes, pool, prefix, device))
+                }
+            })
+            .collect();
+        heads.push(ExitHead::Linear(last));
+        Ok(DmpoModel {
+            backbone,
+            adapters,
+            bypasses,
+            heads,
+            exits,
+            detach_exit_inputs: self.detach_exit_inputs,
+        })
+    }
+}
+
+impl<B: Backend> DmpoModel<B> {
+    pub fn num_exits(&self) -> usize {
+        self.exits.len()
+    }
+
+    /// Images `[B, C, H, W]` → tokens entering block 0, `[B, T, D]`.
+    pub fn embed(&self, images: Tensor<B, 4>) -> Tensor<B, 3> {
+        self.backbone.embed(images)
+    }
+
+    /// Block `index` with its adapter: `[B, T, D]` → `[B, T, D]`.
+    pub fn forward_block(&self, index: usize, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        let block = &self.backbone.blocks[index];
+        let x = block.forward_attention_residual(x);
+        let normed = block.norm2.forward(x.clone());
+        let mlp = block.mlp_branch(normed.clone());
+        match self.adapters.get(index) {
+            Some(adapter) => x + mlp + adapter.forward(normed),
+            None => x + mlp,
+        }
+    }
+
+    /// The trunk of stage `k`: the blocks from the previous exit up to exit `k`.
+    /// Tokens `[B, T, D]` → `[B, T, D]`; any subset of a batch may continue.
+    pub fn forward_trunk(&self, k: usize, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        let start = if k == 0 { 0 } else { self.exits[k - 1] };
+        (start..self.exits[k]).fold(x, |x, i| self.forward_block(i, x))
+    }
+
+    /// Exit `k`'s logits from the trunk tokens after its block: `[B, T, D]` → `[B, classes]`.
+    pub fn forward_exit(&self, k: usize, h: Tensor<B, 3>) -> Tensor<B, 2> {
+        let h = if self.detach_exit_inputs && k + 1 < self.num_exits() {
+            h.detach()
+        } else {
+            h
+        };
+        let z = match &self.bypasses[k] {
+            Some(bypass) => bypass.forward(h),
+            None => h,
+        };
+        self.heads[k].forward(z)
+    }
+
+    /// Stage `k` for staged inference: trunk then exit. Returns the tokens to continue with
+    /// (`[B, T, D]`) and exit `k`'s logits (`[B, classes]`).
+    pub fn forward_stage(&self, k: usize, x: Tensor<B, 3>) -> (Tensor<B, 3>, Tensor<B, 2>) {
+        let h = self.forward_trunk(k, x);
+        let logits = self.forward_exit(k, h.clone());
+        (h, logits)
+    }
+
+    /// Every exit's logits, for training: images `[B, C, H, W]` → one `[B, classes]` per exit.
+    pub fn forward_exits(&self, images: Tensor<B, 4>) -> Vec<Tensor<B, 2>> {
+        let mut x = self.embed(images);
+        let mut logits = Vec::with_capacity(self.num_exits());
+        for k in 0..self.num_exits() {
+            let (h, l) = self.forward_stage(k, x);
+            logits.push(l);
+            x = h;
+        }
+        logits
+    }
+
+    /// Per-image cost of each stage, in MACs (fvcore convention).
+    pub fn stage_costs(&self) -> Vec<StageCost> {
+        let pos = self.backbone.pos_embed.dims();
+        let (tokens, d) = (pos[1] as u64, pos[2] as u64);
+        let prefix = self.backbone.num_prefix_tokens as u64;
+        let hidden = self.backbone.blocks[0].mlp.fc1.weight.dims()[1] as u64;
+        let [fan_in, _] = self.backbone.patch_embed.proj.weight.dims();
+        let embed = (tokens - prefix) * fan_in as u64 * d;
+        let block = vit_block_macs(tokens, d, hidden)
+            + self
+                .adapters
+                .first()
+                .map_or(0, |a| 2 * tokens * d * a.down.weight.dims()[1] as u64);
+        let mut prev = 0;
+        self.exits
+            .iter()
+            .enumerate()
+            .map(|(k, &e)| {
+                let trunk = (e - prev) as u64 * block + if k == 0 { embed } else { 0 };
+                prev = e;
+                let bypass = self.bypasses[k]
+                    .as_ref()
+                    .map_or(0, |b| 2 * tokens * d * b.down.weight.dims()[1] as u64);
+                let head = match &self.heads[k] {
+                    ExitHead::Linear(h) => {
+                        let [i, o] = h.classifier.weight.dims();
+                        (i * o) as u64
+                    }
+                    ExitHead::Covariance(h) => {
+                        let r = h.reduce.weight.dims()[1] as u64;
+                        let n = tokens - h.num_prefix_tokens as u64;
+                        let [tri, classes] = h.classifier.weight.dims();
+                        let cls = h.cls.as_ref().map_or(0, |c| {
+                            let [i, o] = c.weight.dims();
+                            (i * o) as u64
+                        });
+                        n * d * r
+                            + n * r * r
+                            + 3 * h.iterations as u64 * r * r * r
+                            + (tri * classes) as u64
+                            + cls
+                    }
+                };
+                StageCost {
+                    trunk,
+                    exit: bypass + head,
+                }
+            })
+            .collect()
+    }
+
+    /// The full-depth backbone's cost alone (patch embedding, blocks, head), in MACs: the
+    /// reference a compute budget is a fraction of.
+    pub fn backbone_macs(&self) -> u64 {
+        let pos = self.backbone.pos_embed.dims();
+        let (tokens, d) = (pos[1] as u64, pos[2] as u64);
+        let prefix = self.backbone.num_prefix_tokens as u64;
+        let hidden = self.backbone.blocks[0].mlp.fc1.weight.dims()[1] as u64;
+        let p = self.backbone.patch_embed.patch_size as u64;
+        let in_chans = self.backbone.patch_embed.proj.weight.dims()[0] as u64 / (p * p);
+        let head = match self.heads.last() {
+            Some(ExitHead::Linear(h)) => {
+                let [i, o] = h.classifier.weight.dims();
+                (i * o) as u64
+            }
+            _ => 0,
+        };
+        vit_embed_macs(tokens - prefix, in_chans, p, d)
+            + self.backbone.depth() as u64 * vit_block_macs(tokens, d, hidden)
+            + head
+    }
+
+    /// Total and trainable parameter counts. Counted by structure (the backbone and the norms
+    /// taken from it are frozen), since plain backends do not track `require_grad`.
+    pub fn param_counts(&self) -> ParamCounts {
+        let frozen_norms: usize = match self.heads.last() {
+            Some(ExitHead::Linear(h)) => {
+                h.norm.as_ref().map_or(0, |n| n.num_params())
+                    + h.fc_norm.as_ref().map_or(0, |n| n.num_params())
+            }
+            _ => 0,
+        };
+        let total = self.num_params();
+        ParamCounts {
+            total,
+            trainable: total - self.backbone.num_params() - frozen_norms,
+        }
+    }
+}

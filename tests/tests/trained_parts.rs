@@ -1,0 +1,125 @@
+//! Trained add-ons round-trip through their small file, and refuse a different backbone.
+
+use burn::module::{Module, ModuleMapper, Param};
+use burn::prelude::*;
+use burn::tensor::Distribution;
+use dmpo_import::{ImportError, TrainedBinding, load_trained, read_binding, save_trained};
+use dmpo_model::dmpo::{DmpoConfig, DmpoModel};
+use dmpo_model::vit::VitConfig;
+use dmpo_tests::{TestBackend, host};
+
+/// A random backbone whose (lazily initialised) parameters are materialised, so that clones
+/// share values as a loaded backbone's do.
+fn backbone(
+    device: &burn::tensor::Device<TestBackend>,
+) -> dmpo_model::vit::VisionTransformer<TestBackend> {
+    let b = vit().init::<TestBackend>(device);
+    dmpo_import::backbone_fingerprint(&b);
+    b
+}
+
+fn vit() -> VitConfig {
+    VitConfig::new()
+        .with_img_size(16)
+        .with_patch_size(4)
+        .with_embed_dim(24)
+        .with_depth(4)
+        .with_num_heads(2)
+        .with_mlp_hidden_dim(48)
+        .with_num_classes(5)
+}
+
+/// Stands in for training: perturbs every parameter outside the backbone.
+fn perturb(model: DmpoModel<TestBackend>) -> DmpoModel<TestBackend> {
+    struct Noise;
+    impl ModuleMapper<TestBackend> for Noise {
+        fn map_float<const D: usize>(
+            &mut self,
+            p: Param<Tensor<TestBackend, D>>,
+        ) -> Param<Tensor<TestBackend, D>> {
+            p.map(|t| {
+                let noise = t.random_like(Distribution::Normal(0.0, 0.1));
+                t + noise
+            })
+        }
+    }
+    let DmpoModel {
+        backbone,
+        adapters,
+        bypasses,
+        heads,
+        exits,
+        detach_exit_inputs,
+    } = model;
+    DmpoModel {
+        backbone,
+        adapters: adapters.map(&mut Noise),
+        bypasses: bypasses.map(&mut Noise),
+        heads: heads.map(&mut Noise),
+        exits,
+        detach_exit_inputs,
+    }
+}
+
+#[test]
+fn trained_parts_round_trip_onto_the_same_backbone() {
+    let device = Default::default();
+    let backbone = backbone(&device);
+    let cfg = DmpoConfig::new(5);
+    let trained = perturb(cfg.init(backbone.clone(), &device).unwrap());
+    let x = Tensor::<TestBackend, 4>::random([2, 3, 16, 16], Distribution::Default, &device);
+    let expected: Vec<_> = trained
+        .forward_exits(x.clone())
+        .into_iter()
+        .map(host)
+        .collect();
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("trained.safetensors");
+    let binding = TrainedBinding::new(&cfg, &vit(), &trained);
+    save_trained(&path, &trained, &binding).unwrap();
+    assert_eq!(read_binding(&path).unwrap(), binding);
+
+    let fresh = cfg.init(backbone, &device).unwrap();
+    let loaded = load_trained(&path, fresh).unwrap();
+    let got: Vec<_> = loaded.forward_exits(x).into_iter().map(host).collect();
+    assert_eq!(got, expected);
+
+    // Only the add-ons (and the two frozen final norms moved out of the backbone) are stored.
+    let size = std::fs::metadata(&path).unwrap().len() as usize;
+    let counts = trained.param_counts();
+    let stored = counts.trainable + 2 * 24;
+    assert!(
+        size >= 4 * stored && size < 4 * stored + 32_768,
+        "{size} bytes for {counts:?}"
+    );
+}
+
+#[test]
+fn trained_parts_refuse_another_backbone() {
+    let device = Default::default();
+    let cfg = DmpoConfig::new(5);
+    let model = cfg.init(backbone(&device), &device).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("trained.safetensors");
+    save_trained(&path, &model, &TrainedBinding::new(&cfg, &vit(), &model)).unwrap();
+
+    let other = cfg.init(backbone(&device), &device).unwrap();
+    let err = load_trained(&path, other).unwrap_err();
+    assert!(matches!(err, ImportError::Config { .. }));
+    let msg = err.to_string();
+    assert!(
+        msg.contains("trained.safetensors") && msg.contains("another backbone"),
+        "{msg}"
+    );
+
+    // A safetensors file that is not ours says so.
+    let plain = dir.path().join("plain.safetensors");
+    dmpo_import::write_safetensors(
+        &plain,
+        &[("w".into(), dmpo_import::HostTensor::new(vec![1], vec![0.0]))],
+    )
+    .unwrap();
+    let msg = read_binding(&plain).unwrap_err().to_string();
+    assert!(msg.contains("not a dmpo-burn trained-parts file"), "{msg}");
+}
