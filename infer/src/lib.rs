@@ -1,1 +1,21 @@
+//! # dmpo-infer
+//!
+//! Adaptive early exit, for real: a batch runs stage by stage; after each exit the samples whose
+//! criterion passes leave with that exit's prediction and the rest are gathered into a smaller
+//! batch that continues ([`run_early_exit`]). Thresholds are calibrated on held-out data to meet a
+//! compute budget ([`calibrate`]), and evaluated as an accuracy-vs-cost curve ([`evaluate`]).
+//! Everything is generic over `B: Backend`.
 
+mod calibrate;
+mod engine;
+mod evaluate;
+mod exit_policy;
+mod multi_exit;
+mod plot;
+
+pub use calibrate::{Budget, ExitScores, calibrate, calibrate_geometric, collect_scores, simulate};
+pub use engine::{Prediction, run_early_exit};
+pub use evaluate::{CurvePoint, EvalReport, evaluate, write_report};
+pub use exit_policy::{Criterion, ExitPolicy};
+pub use multi_exit::{MultiExit, cumulative_costs};
+pub use plot::plot_curves;

@@ -1,0 +1,189 @@
+use burn::prelude::*;
+use burn::tensor::activation::softmax;
+use serde::{Deserialize, Serialize};
+
+use crate::engine::argmax;
+use crate::{Criterion, ExitPolicy, MultiExit, cumulative_costs};
+
+/// Every exit's verdict on every sample of a labelled split, from one pass through all exits:
+/// what calibration and evaluation work from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExitScores {
+    pub criterion: Criterion,
+    /// `[sample][exit]`.
+    pub confidence: Vec<Vec<f32>>,
+    /// `[sample][exit]`: the exit's top-1 class is the label.
+    pub correct: Vec<Vec<bool>>,
+    /// MACs of leaving at each exit.
+    pub exit_macs: Vec<u64>,
+    /// MACs of the bare full-depth backbone: what a budget fraction is a fraction of.
+    pub full_macs: u64,
+}
+
+/// A compute budget: an average cost per image.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Budget {
+    /// Multiply-accumulates per image.
+    Macs(f64),
+    /// Fraction of the bare backbone's cost.
+    Fraction(f64),
+}
+
+impl Budget {
+    pub fn macs(self, full_macs: u64) -> f64 {
+        match self {
+            Self::Macs(m) => m,
+            Self::Fraction(f) => f * full_macs as f64,
+        }
+    }
+}
+
+/// What a policy does on a split.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Simulated {
+    pub accuracy: f64,
+    pub mean_macs: f64,
+    /// Samples leaving at each exit.
+    pub exit_histogram: Vec<usize>,
+}
+
+/// Runs every batch through all exits. `full_macs` is the bare backbone's cost per image.
+pub fn collect_scores<B: Backend, M: MultiExit<B>>(
+    model: &M,
+    batches: impl IntoIterator<Item = (Tensor<B, 4>, Vec<usize>)>,
+    criterion: Criterion,
+    full_macs: u64,
+) -> ExitScores {
+    let mut confidence = Vec::new();
+    let mut correct = Vec::new();
+    for (images, labels) in batches {
+        let mut x = model.embed(images);
+        let mut per_exit = Vec::with_capacity(model.num_exits());
+        for k in 0..model.num_exits() {
+            x = model.forward_trunk(k, x);
+            let probs = softmax(model.forward_exit(k, x.clone()), 1);
+            let classes = probs.dims()[1];
+            let probs: Vec<f32> = probs.into_data().convert::<f32>().into_vec().expect("f32");
+            per_exit.push((probs, classes));
+        }
+        for (i, label) in labels.iter().enumerate() {
+            let (c, ok): (Vec<f32>, Vec<bool>) = per_exit
+                .iter()
+                .map(|(probs, classes)| {
+                    let p = &probs[i * classes..(i + 1) * classes];
+                    (criterion.confidence(p), argmax(p) == *label)
+                })
+                .unzip();
+            confidence.push(c);
+            correct.push(ok);
+        }
+    }
+    ExitScores {
+        criterion,
+        confidence,
+        correct,
+        exit_macs: cumulative_costs(&model.stage_costs()),
+        full_macs,
+    }
+}
+
+/// What `policy` does on `scores`: exactly the decisions the engine makes.
+pub fn simulate(scores: &ExitScores, policy: &ExitPolicy) -> Simulated {
+    let exits = scores.exit_macs.len();
+    let mut histogram = vec![0; exits];
+    let (mut right, mut macs) = (0usize, 0f64);
+    for (conf, ok) in scores.confidence.iter().zip(&scores.correct) {
+        let k = (0..exits)
+            .find(|&k| policy.exits_at(k, exits, conf[k]))
+            .unwrap_or(exits - 1);
+        histogram[k] += 1;
+        right += usize::from(ok[k]);
+        macs += scores.exit_macs[k] as f64;
+    }
+    let n = scores.confidence.len().max(1) as f64;
+    Simulated {
+        accuracy: right as f64 / n,
+        mean_macs: macs / n,
+        exit_histogram: histogram,
+    }
+}
+
+/// MSDNet's scheme: exit proportions `q_k ∝ p^k`; at each early exit the most confident
+/// `⌊n·q_k⌋` of the samples still running leave, which sets its threshold.
+pub fn calibrate_geometric(scores: &ExitScores, p: f64) -> Vec<f32> {
+    let exits = scores.exit_macs.len();
+    let n = scores.confidence.len();
+    let weights: Vec<f64> = (0..exits).map(|k| p.powi(k as i32)).collect();
+    let total: f64 = weights.iter().sum();
+    let mut remaining: Vec<usize> = (0..n).collect();
+    let mut thresholds = Vec::with_capacity(exits.saturating_sub(1));
+    for (k, w) in weights.iter().enumerate().take(exits.saturating_sub(1)) {
+        let quota = ((n as f64 * w / total).floor() as usize).min(remaining.len());
+        remaining.sort_by(|&a, &b| scores.confidence[b][k].total_cmp(&scores.confidence[a][k]));
+        let threshold = if quota == 0 {
+            1.0
+        } else {
+            let last_out = scores.confidence[remaining[quota - 1]][k];
+            let first_in = remaining
+                .get(quota)
+                .map_or(0.0, |&i| scores.confidence[i][k]);
+            // Strictly-above rule: halfway between the last sample out and the first one in.
+            (0.5 * (last_out + first_in)).min(last_out.next_down_f32())
+        };
+        thresholds.push(threshold.clamp(0.0, 1.0));
+        remaining.retain(|&i| scores.confidence[i][k] <= threshold);
+    }
+    thresholds
+}
+
+trait NextDown {
+    fn next_down_f32(self) -> f32;
+}
+
+impl NextDown for f32 {
+    /// The largest f32 below `self` (for positive finite values).
+    fn next_down_f32(self) -> f32 {
+        if self > 0.0 {
+            f32::from_bits(self.to_bits() - 1)
+        } else {
+            0.0
+        }
+    }
+}
+
+/// Chooses thresholds on a held-out split so the average cost meets `budget`: bisects MSDNet's
+/// `p` for the most expensive (so most accurate) policy that stays within the budget.
+pub fn calibrate(scores: &ExitScores, budget: Budget) -> Result<(ExitPolicy, Simulated), String> {
+    let target = budget.macs(scores.full_macs);
+    let cheapest = scores.exit_macs.first().copied().unwrap_or(0) as f64;
+    if target < cheapest {
+        return Err(format!(
+            "budget {:.3} GMACs is below the cheapest exit ({:.3} GMACs, {:.1}% of the backbone)",
+            target / 1e9,
+            cheapest / 1e9,
+            100.0 * cheapest / scores.full_macs as f64
+        ));
+    }
+    let policy = |log_p: f64| ExitPolicy {
+        criterion: scores.criterion,
+        thresholds: calibrate_geometric(scores, log_p.exp()),
+    };
+    // Cost grows with p: find the largest log p whose policy fits the budget.
+    let (mut lo, mut hi) = (-20.0f64, 20.0f64);
+    let fits = |log_p: f64| simulate(scores, &policy(log_p)).mean_macs <= target;
+    if fits(hi) {
+        lo = hi;
+    } else {
+        for _ in 0..60 {
+            let mid = 0.5 * (lo + hi);
+            if fits(mid) {
+                lo = mid;
+            } else {
+                hi = mid;
+            }
+        }
+    }
+    let best = policy(lo);
+    let result = simulate(scores, &best);
+    Ok((best, result))
+}

@@ -1,0 +1,89 @@
+use burn::prelude::*;
+use burn::tensor::activation::softmax;
+use serde::{Deserialize, Serialize};
+
+use crate::{ExitPolicy, MultiExit, cumulative_costs};
+
+/// One sample's answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Prediction {
+    pub class: usize,
+    /// The exit criterion's value at the exit taken.
+    pub confidence: f32,
+    /// Index of the exit that answered (0 = first).
+    pub exit: usize,
+    pub probs: Vec<f32>,
+    /// MACs spent on this sample: the trunk up to its exit and every exit head it passed.
+    pub macs: u64,
+}
+
+/// Runs `images` (`[B, C, H, W]`) through `model` stage by stage. After each exit, samples whose
+/// confidence passes `policy` leave with that exit's prediction; the others are gathered into a
+/// smaller batch that continues. Results come back in input order.
+///
+/// # Panics
+/// If `policy` does not fit the model (check with [`ExitPolicy::validate`] first).
+pub fn run_early_exit<B: Backend, M: MultiExit<B>>(
+    model: &M,
+    images: Tensor<B, 4>,
+    policy: &ExitPolicy,
+) -> Vec<Prediction> {
+    let exits = model.num_exits();
+    policy.validate(exits).expect("exit policy fits the model");
+    let cost = cumulative_costs(&model.stage_costs());
+    let n = images.dims()[0];
+    let device = images.device();
+    let mut done: Vec<Option<Prediction>> = vec![None; n];
+    // `alive[row]` = input index of row `row` of the current batch.
+    let mut alive: Vec<usize> = (0..n).collect();
+    let mut x = model.embed(images);
+    for (k, &exit_macs) in cost.iter().enumerate() {
+        let h = model.forward_trunk(k, x);
+        let probs = softmax(model.forward_exit(k, h.clone()), 1);
+        let classes = probs.dims()[1];
+        let probs: Vec<f32> = probs
+            .into_data()
+            .convert::<f32>()
+            .into_vec()
+            .expect("f32 probabilities");
+        let mut keep = Vec::with_capacity(alive.len());
+        for (row, &index) in alive.iter().enumerate() {
+            let p = &probs[row * classes..(row + 1) * classes];
+            let confidence = policy.criterion.confidence(p);
+            if policy.exits_at(k, exits, confidence) {
+                done[index] = Some(Prediction {
+                    class: argmax(p),
+                    confidence,
+                    exit: k,
+                    probs: p.to_vec(),
+                    macs: exit_macs,
+                });
+            } else {
+                keep.push(row);
+            }
+        }
+        if keep.is_empty() {
+            break;
+        }
+        x = if keep.len() == alive.len() {
+            h
+        } else {
+            let rows: Vec<i64> = keep.iter().map(|&r| r as i64).collect();
+            let rows = Tensor::<B, 1, Int>::from_data(TensorData::new(rows, [keep.len()]), &device);
+            h.select(0, rows)
+        };
+        alive = keep.into_iter().map(|r| alive[r]).collect();
+    }
+    done.into_iter()
+        .map(|p| p.expect("the last exit answers every sample"))
+        .collect()
+}
+
+pub(crate) fn argmax(p: &[f32]) -> usize {
+    p.iter()
+        .enumerate()
+        .fold((0, f32::NEG_INFINITY), |(bi, bv), (i, &v)| {
+            if v > bv { (i, v) } else { (bi, bv) }
+        })
+        .0
+}
