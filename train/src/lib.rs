@@ -1,1 +1,22 @@
+//! # dmpo-train
+//!
+//! Turns a frozen backbone plus the DMPO add-ons into a tuned multi-exit model with Burn's
+//! `Learner`: the two-phase weighted multi-exit loss ([`LossSchedule`]), datasets and timm
+//! preprocessing ([`data`], [`transform`]), per-exit metrics shown live, AdamW with warm-up +
+//! cosine, decoupled weight decay on matrices only, gradient clipping, checkpoints and resume.
 
+mod batcher;
+pub mod data;
+mod learner;
+mod loss_schedule;
+mod lr_schedule;
+mod metrics;
+mod trainee;
+pub mod transform;
+
+pub use batcher::{EpochClock, ExitBatch, ExitBatcher};
+pub use learner::{TrainConfig, train};
+pub use loss_schedule::{LossSchedule, PhaseTwo};
+pub use lr_schedule::WarmupCosine;
+pub use metrics::{ExitMetric, ExitMetricKind, HostExits, MultiExitOutput, metric_kinds};
+pub use trainee::Trainee;

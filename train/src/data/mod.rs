@@ -1,0 +1,17 @@
+//! Labelled image datasets from the formats practitioners have on disk: MNIST / Fashion-MNIST
+//! IDX files (optionally gzip'ed), CIFAR-10/100 binaries, image folders (one folder per class),
+//! and VTAB-1k split lists. Unreadable images are reported with their path and skipped.
+
+mod cifar;
+mod folder;
+mod idx;
+mod sample;
+mod splits;
+mod vtab;
+
+pub use cifar::{read_cifar10, read_cifar100};
+pub use folder::read_image_folder;
+pub use idx::{read_idx_images, read_idx_labels, read_idx_split};
+pub use sample::{DataError, ImageDataset, ImageRef, MAX_IMAGE_PIXELS, Sample, decode_file};
+pub use splits::{DatasetFormat, Splits, load_splits};
+pub use vtab::read_vtab_list;

@@ -1,0 +1,100 @@
+use burn::module::{ModuleMapper, Param};
+use burn::nn::loss::CrossEntropyLossConfig;
+use burn::optim::{GradientsParams, Optimizer};
+use burn::prelude::*;
+use burn::tensor::backend::AutodiffBackend;
+use burn::train::{InferenceStep, TrainOutput, TrainStep};
+use dmpo_model::dmpo::DmpoModel;
+
+use crate::batcher::ExitBatch;
+use crate::metrics::MultiExitOutput;
+
+/// The model as the Learner trains it: the DMPO model plus the loss settings.
+#[derive(Module, Debug)]
+pub struct Trainee<B: Backend> {
+    pub model: DmpoModel<B>,
+    /// Label smoothing ε (0 = none).
+    pub label_smoothing: f64,
+    /// Decoupled weight decay, applied to trainable matrices only (not to norms or biases).
+    pub weight_decay: f64,
+}
+
+impl<B: Backend> Trainee<B> {
+    /// Every exit's logits and cross-entropy, and their weighted sum.
+    pub fn forward_loss(&self, batch: ExitBatch<B>) -> MultiExitOutput<B> {
+        let device = batch.images.device();
+        let logits = self.model.forward_exits(batch.images);
+        let smoothing = (self.label_smoothing > 0.0).then_some(self.label_smoothing as f32);
+        let ce = CrossEntropyLossConfig::new()
+            .with_smoothing(smoothing)
+            .init(&device);
+        let exit_losses: Vec<Tensor<B, 1>> = logits
+            .iter()
+            .map(|l| ce.forward(l.clone(), batch.targets.clone()))
+            .collect();
+        let loss = exit_losses
+            .iter()
+            .zip(&batch.loss_weights)
+            .map(|(l, &w)| l.clone() * w)
+            .reduce(|a, b| a + b)
+            .expect("at least one exit");
+        MultiExitOutput {
+            loss,
+            exit_losses,
+            logits,
+            targets: batch.targets,
+        }
+    }
+}
+
+impl<B: AutodiffBackend> TrainStep for Trainee<B> {
+    type Input = ExitBatch<B>;
+    type Output = MultiExitOutput<B>;
+
+    fn step(&self, batch: ExitBatch<B>) -> TrainOutput<MultiExitOutput<B>> {
+        let out = self.forward_loss(batch);
+        let grads = out.loss.backward();
+        TrainOutput::new(self, grads, out)
+    }
+
+    fn optimize<BB, O>(self, optim: &mut O, lr: f64, grads: GradientsParams) -> Self
+    where
+        BB: AutodiffBackend,
+        O: Optimizer<Self, BB>,
+        Self: burn::module::AutodiffModule<BB>,
+    {
+        let decayed = if self.weight_decay > 0.0 {
+            let factor = 1.0 - lr * self.weight_decay;
+            self.map(&mut DecayMatrices { factor })
+        } else {
+            self
+        };
+        optim.step(lr, decayed, grads)
+    }
+}
+
+impl<B: Backend> InferenceStep for Trainee<B> {
+    type Input = ExitBatch<B>;
+    type Output = MultiExitOutput<B>;
+
+    fn step(&self, batch: ExitBatch<B>) -> MultiExitOutput<B> {
+        self.forward_loss(batch)
+    }
+}
+
+/// AdamW's decoupled decay `p ← p·(1 − lr·wd)`, on trainable parameters of rank ≥ 2 only:
+/// decaying norms and biases toward zero only hurts (the usual timm / DyT recipe).
+struct DecayMatrices {
+    factor: f64,
+}
+
+impl<B: AutodiffBackend> ModuleMapper<B> for DecayMatrices {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+        if D < 2 || !param.is_require_grad() {
+            return param;
+        }
+        let factor = self.factor;
+        // Scaled outside the graph, so the parameter stays a leaf.
+        param.map(|t| Tensor::from_inner(t.inner() * factor).require_grad())
+    }
+}
