@@ -7,11 +7,13 @@
 //! Everything is generic over `B: Backend`.
 
 mod calibrate;
+pub mod data;
 mod engine;
 mod evaluate;
 mod exit_policy;
 mod multi_exit;
 mod plot;
+pub mod transform;
 
 pub use calibrate::{Budget, ExitScores, calibrate, calibrate_geometric, collect_scores, simulate};
 pub use engine::{Prediction, run_early_exit};

@@ -7,8 +7,8 @@ use dmpo_model::Preprocess;
 use rand::SeedableRng;
 
 use crate::LossSchedule;
-use crate::data::Sample;
-use crate::transform::{Augment, eval_transform, train_transform};
+use dmpo_infer::data::Sample;
+use dmpo_infer::transform::{Augment, eval_transform, train_transform};
 
 /// A batch for the multi-exit model, carrying the exit loss weights of its epoch.
 #[derive(Debug, Clone)]

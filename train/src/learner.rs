@@ -11,11 +11,11 @@ use dmpo_model::Preprocess;
 use dmpo_model::dmpo::DmpoModel;
 
 use crate::batcher::{EpochClock, ExitBatcher};
-use crate::data::ImageDataset;
 use crate::metrics::{ExitMetric, metric_kinds};
 use crate::trainee::Trainee;
-use crate::transform::Augment;
 use crate::{LossSchedule, WarmupCosine};
+use dmpo_infer::data::ImageDataset;
+use dmpo_infer::transform::Augment;
 
 /// The optimisation recipe (defaults: DyT / VTAB-1k peers, see `docs/method.md`).
 #[derive(Config, Debug)]

@@ -6,13 +6,11 @@
 //! cosine, decoupled weight decay on matrices only, gradient clipping, checkpoints and resume.
 
 mod batcher;
-pub mod data;
 mod learner;
 mod loss_schedule;
 mod lr_schedule;
 mod metrics;
 mod trainee;
-pub mod transform;
 
 pub use batcher::{EpochClock, ExitBatch, ExitBatcher};
 pub use learner::{TrainConfig, train};

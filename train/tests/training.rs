@@ -5,10 +5,10 @@ use std::sync::Arc;
 
 use burn::backend::{Autodiff, NdArray};
 use burn::data::dataloader::batcher::Batcher;
+use dmpo_infer::data::{ImageDataset, ImageRef, Sample};
 use dmpo_model::Preprocess;
 use dmpo_model::dmpo::DmpoConfig;
 use dmpo_model::vit::VitConfig;
-use dmpo_train::data::{ImageDataset, ImageRef, Sample};
 use dmpo_train::{EpochClock, ExitBatcher, LossSchedule, TrainConfig, Trainee};
 use image::{DynamicImage, RgbImage};
 

@@ -4,7 +4,7 @@ use std::io::Write;
 use std::path::Path;
 
 use burn::data::dataset::Dataset;
-use dmpo_train::data::{DataError, DatasetFormat, load_splits, read_idx_images};
+use dmpo_infer::data::{DataError, DatasetFormat, load_splits, read_idx_images};
 
 fn idx_images(n: usize, rows: usize, cols: usize) -> Vec<u8> {
     let mut b = vec![0, 0, 8, 3];
