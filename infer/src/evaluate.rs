@@ -108,3 +108,37 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     std::fs::write(&tmp, bytes)?;
     std::fs::rename(&tmp, path)
 }
+
+impl std::fmt::Display for EvalReport {
+    /// The accuracy-vs-cost table a person reads after training or `eval`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "{}: {} test images", self.name, self.test_samples)?;
+        let exits: Vec<String> = self
+            .per_exit_accuracy
+            .iter()
+            .zip(&self.exit_gmacs)
+            .map(|(a, g)| format!("{:.2}% @ {:.4} GMACs", 100.0 * a, g))
+            .collect();
+        writeln!(f, "per-exit accuracy: {}", exits.join(" | "))?;
+        writeln!(
+            f,
+            "{:>8} {:>10} {:>8} {:>9}  exits",
+            "budget", "GMACs", "cost", "accuracy"
+        )?;
+        let rows = self
+            .curve
+            .iter()
+            .map(|p| (format!("{:.0}%", 100.0 * p.budget_fraction), p));
+        for (label, p) in rows.chain(std::iter::once(("full".to_string(), &self.full_depth))) {
+            writeln!(
+                f,
+                "{label:>8} {:>10.4} {:>7.1}% {:>8.2}%  {:?}",
+                p.mean_gmacs,
+                100.0 * p.cost_fraction,
+                100.0 * p.accuracy,
+                p.exit_histogram
+            )?;
+        }
+        Ok(())
+    }
+}

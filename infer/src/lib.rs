@@ -6,18 +6,27 @@
 //! compute budget ([`calibrate`]), and evaluated as an accuracy-vs-cost curve ([`evaluate`]).
 //! Everything is generic over `B: Backend`.
 
+mod batches;
 mod calibrate;
 pub mod data;
 mod engine;
 mod evaluate;
 mod exit_policy;
+mod model_dir;
 mod multi_exit;
 mod plot;
 pub mod transform;
 
-pub use calibrate::{Budget, ExitScores, calibrate, calibrate_geometric, collect_scores, simulate};
+pub use batches::eval_batches;
+pub use calibrate::{
+    Budget, ExitScores, Simulated, calibrate, calibrate_geometric, collect_scores, simulate,
+};
 pub use engine::{Prediction, run_early_exit};
 pub use evaluate::{CurvePoint, EvalReport, evaluate, write_report};
 pub use exit_policy::{Criterion, ExitPolicy};
+pub use model_dir::{
+    BACKBONE_DIR, MODEL_FILE, ModelInfo, TRAINED_FILE, load_model_dir, read_model_info,
+    write_model_info,
+};
 pub use multi_exit::{MultiExit, cumulative_costs};
 pub use plot::plot_curves;

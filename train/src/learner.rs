@@ -1,17 +1,18 @@
 use std::path::Path;
 
 use burn::data::dataloader::DataLoaderBuilder;
+use burn::module::AutodiffModule;
 use burn::optim::AdamWConfig;
 use burn::optim::grad_clipping::GradientClippingConfig;
 use burn::prelude::*;
 use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder};
 use burn::tensor::backend::AutodiffBackend;
-use burn::train::{Learner, SupervisedTraining};
+use burn::train::{InferenceStep, Learner, SupervisedTraining, TrainStep};
 use dmpo_model::Preprocess;
 use dmpo_model::dmpo::DmpoModel;
 
-use crate::batcher::{EpochClock, ExitBatcher};
-use crate::metrics::{ExitMetric, metric_kinds};
+use crate::batcher::{EpochClock, ExitBatch, ExitBatcher};
+use crate::metrics::{ExitMetric, MultiExitOutput, metric_kinds};
 use crate::trainee::Trainee;
 use crate::{LossSchedule, WarmupCosine};
 use dmpo_infer::data::ImageDataset;
@@ -67,8 +68,58 @@ pub fn train<B: AutodiffBackend>(
     resume_epoch: Option<usize>,
     device: &B::Device,
 ) -> DmpoModel<B::InnerBackend> {
-    B::seed(device, config.seed);
     let exit_blocks = model.exits.clone();
+    let trainee = Trainee {
+        model,
+        label_smoothing: config.label_smoothing,
+        weight_decay: config.weight_decay,
+    };
+    let run = Run {
+        train_set,
+        valid_set,
+        preprocess,
+        config,
+        artifact_dir,
+        resume_epoch,
+    };
+    fit(trainee, exit_blocks, run, device).model
+}
+
+/// Everything a training run needs besides the model.
+pub struct Run<'a> {
+    pub train_set: ImageDataset,
+    pub valid_set: ImageDataset,
+    pub preprocess: &'a Preprocess,
+    pub config: &'a TrainConfig,
+    pub artifact_dir: &'a Path,
+    pub resume_epoch: Option<usize>,
+}
+
+/// The Learner loop shared by tuning and pretraining: any model whose steps take
+/// [`ExitBatch`]es and give [`MultiExitOutput`]s with `exit_blocks.len()` exits.
+pub fn fit<B, M>(
+    trainee: M,
+    exit_blocks: Vec<usize>,
+    run: Run<'_>,
+    device: &B::Device,
+) -> M::InnerModule
+where
+    B: AutodiffBackend,
+    M: TrainStep<Input = ExitBatch<B>, Output = MultiExitOutput<B>>
+        + AutodiffModule<B>
+        + core::fmt::Display
+        + 'static,
+    M::InnerModule: InferenceStep<Input = ExitBatch<B::InnerBackend>, Output = MultiExitOutput<B::InnerBackend>>,
+{
+    let Run {
+        train_set,
+        valid_set,
+        preprocess,
+        config,
+        artifact_dir,
+        resume_epoch,
+    } = run;
+    B::seed(device, config.seed);
     let batches_per_epoch = train_set.samples.len().div_ceil(config.batch_size);
     let clock = EpochClock::new(
         config.schedule.clone(),
@@ -112,14 +163,9 @@ pub fn train<B: AutodiffBackend>(
         .set_device(device.clone())
         .build(valid_set);
 
-    let trainee = Trainee {
-        model,
-        label_smoothing: config.label_smoothing,
-        weight_decay: config.weight_decay,
-    };
     let clip =
         (config.grad_clip > 0.0).then_some(GradientClippingConfig::Norm(config.grad_clip as f32));
-    // Weight decay is applied in `Trainee::optimize`, to matrices only.
+    // Weight decay is applied in the trainee's `optimize`, to matrices only.
     let optim = AdamWConfig::new()
         .with_weight_decay(0.0)
         .with_grad_clipping(clip)
@@ -134,6 +180,8 @@ pub fn train<B: AutodiffBackend>(
     let mut training = SupervisedTraining::new(artifact_dir, train_loader, valid_loader)
         .with_file_checkpointer(NamedMpkFileRecorder::<FullPrecisionSettings>::new())
         .num_epochs(config.epochs)
+        // Our binaries install their own tracing subscriber.
+        .with_application_logger(None)
         .summary();
     for kind in metric_kinds(exit_blocks.len()) {
         training = training
@@ -143,5 +191,5 @@ pub fn train<B: AutodiffBackend>(
     if let Some(epoch) = resume_epoch {
         training = training.checkpoint(epoch);
     }
-    training.launch(learner).model.model
+    training.launch(learner).model
 }

@@ -10,11 +10,15 @@ mod learner;
 mod loss_schedule;
 mod lr_schedule;
 mod metrics;
+mod pretrain;
+mod synthetic;
 mod trainee;
 
 pub use batcher::{EpochClock, ExitBatch, ExitBatcher};
-pub use learner::{TrainConfig, train};
+pub use learner::{Run, TrainConfig, fit, train};
 pub use loss_schedule::{LossSchedule, PhaseTwo};
 pub use lr_schedule::WarmupCosine;
 pub use metrics::{ExitMetric, ExitMetricKind, HostExits, MultiExitOutput, metric_kinds};
+pub use pretrain::{PretrainConfig, PretrainTrainee, demo_vit_config, pretrain};
+pub use synthetic::{SYNTHETIC_CLASSES, render, synthetic_dataset};
 pub use trainee::Trainee;

@@ -84,8 +84,8 @@ impl<B: Backend> InferenceStep for Trainee<B> {
 
 /// AdamW's decoupled decay `p ← p·(1 − lr·wd)`, on trainable parameters of rank ≥ 2 only:
 /// decaying norms and biases toward zero only hurts (the usual timm / DyT recipe).
-struct DecayMatrices {
-    factor: f64,
+pub(crate) struct DecayMatrices {
+    pub(crate) factor: f64,
 }
 
 impl<B: AutodiffBackend> ModuleMapper<B> for DecayMatrices {

@@ -6,18 +6,62 @@
 
 use std::process::{Command, ExitCode};
 
-/// Which binary (package, bin name) runs each task.
-const TASKS: &[(&str, &str, &str, &str)] = &[
+/// Which binary runs each task: (task, package, bin, extra features, what it does).
+const TASKS: &[(&str, &str, &str, &str, &str)] = &[
+    (
+        "train",
+        "dmpo-train",
+        "dmpo-train",
+        "tui",
+        "tune a backbone with DMPO, calibrate, evaluate",
+    ),
+    (
+        "compare",
+        "dmpo-train",
+        "dmpo-train",
+        "tui",
+        "train DMPO and the multi-exit baseline, plot both",
+    ),
+    (
+        "calibrate",
+        "dmpo-infer",
+        "dmpo-infer",
+        "",
+        "choose exit thresholds for a compute budget",
+    ),
+    (
+        "eval",
+        "dmpo-infer",
+        "dmpo-infer",
+        "",
+        "accuracy-vs-cost curve (table, CSV, JSON, SVG)",
+    ),
+    (
+        "infer",
+        "dmpo-infer",
+        "dmpo-infer",
+        "",
+        "classify images with early exit",
+    ),
+    (
+        "bench",
+        "dmpo-infer",
+        "dmpo-infer",
+        "",
+        "images/s and latency, full depth vs early exit",
+    ),
     (
         "import",
         "dmpo-import",
         "dmpo-import",
+        "",
         "convert a timm / HF / PyTorch checkpoint",
     ),
     (
         "forward",
         "dmpo-import",
         "dmpo-import",
+        "",
         "run the full-depth ViT on a tensor file",
     ),
 ];
@@ -28,7 +72,7 @@ fn usage() -> String {
     let mut s = String::from(
         "usage: cargo xtask <task> [--backend ndarray|wgpu|cuda] [--debug] [arguments...]\n\ntasks:\n",
     );
-    for (task, _, _, what) in TASKS {
+    for (task, _, _, _, what) in TASKS {
         s.push_str(&format!("  {task:<10} {what}\n"));
     }
     s.push_str("\n`cargo xtask <task> --help` lists a task's arguments.\n");
@@ -45,7 +89,7 @@ fn main() -> ExitCode {
         print!("{}", usage());
         return ExitCode::SUCCESS;
     }
-    let Some(&(_, package, bin, _)) = TASKS.iter().find(|(t, ..)| *t == task) else {
+    let Some(&(_, package, bin, extra, _)) = TASKS.iter().find(|(t, ..)| *t == task) else {
         eprint!("unknown task `{task}`\n\n{}", usage());
         return ExitCode::FAILURE;
     };
@@ -87,7 +131,12 @@ fn main() -> ExitCode {
         bin,
         "--no-default-features",
     ]);
-    cmd.args(["--features", &backend]);
+    let features = if extra.is_empty() {
+        backend.clone()
+    } else {
+        format!("{backend},{extra}")
+    };
+    cmd.args(["--features", &features]);
     if release {
         cmd.arg("--release");
     }

@@ -87,10 +87,15 @@ impl Source {
     }
 }
 
+/// Our progress at info; the frameworks' own chatter only when it matters.
+const LOG_FILTER: &str =
+    "info,burn=warn,burn_train=warn,burn_core=warn,cubecl=warn,wgpu=warn,naga=warn";
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| LOG_FILTER.into()),
         )
         .with_writer(std::io::stderr)
         .init();

@@ -33,9 +33,11 @@ pub struct BypassConfig {
 /// The covariance predictor at the early exits (iSQRT-COV defaults).
 #[derive(Config, Debug, PartialEq)]
 pub struct CovarianceConfig {
-    /// Reduced token width d' before the covariance (d'(d'+1)/2 features).
-    #[config(default = 64)]
-    pub dim: usize,
+    /// Reduced token width d' before the covariance (d'(d'+1)/2 features); `None` =
+    /// embed_dim / 12, at least 8 (64 for ViT-B, iSQRT-COV's reduction for its ResNet heads
+    /// scaled to the width).
+    #[config(default = "None")]
+    pub dim: Option<usize>,
     /// Newton–Schulz iterations T.
     #[config(default = 5)]
     pub iterations: usize,
@@ -108,7 +110,7 @@ impl DmpoConfig {
         }
         if self.adapter.as_ref().is_some_and(|a| a.dim == 0)
             || self.bypass.as_ref().and_then(|b| b.dim) == Some(0)
-            || self.covariance.dim == 0
+            || self.covariance.dim == Some(0)
         {
             return Err("adapter, bypass and covariance widths must be at least 1".into());
         }

@@ -81,7 +81,7 @@ impl DmpoConfig {
             .map(|_| match self.early_head {
                 EarlyHead::Covariance => ExitHead::Covariance(CovarianceHead::new(
                     d,
-                    cov.dim,
+                    cov.dim.unwrap_or((d / 12).max(8)),
                     self.num_classes,
                     cov.iterations,
                     prefix,

@@ -1,0 +1,139 @@
+//! A tuned model on disk, self-contained so it can be shipped as one folder:
+//!
+//! ```text
+//! <dir>/model.json            what it is: DMPO config, preprocessing, classes, exit policy
+//! <dir>/backbone/             the frozen backbone (config.json + model.bpk)
+//! <dir>/trained.safetensors   the trained add-ons, bound to that backbone's fingerprint
+//! ```
+
+use std::path::{Path, PathBuf};
+
+use burn::prelude::*;
+use dmpo_import::{ImportError, load_backbone, load_trained, write_atomic};
+use dmpo_model::Preprocess;
+use dmpo_model::dmpo::{DmpoConfig, DmpoModel};
+use serde::{Deserialize, Serialize};
+
+use crate::ExitPolicy;
+
+pub const MODEL_FILE: &str = "model.json";
+pub const BACKBONE_DIR: &str = "backbone";
+pub const TRAINED_FILE: &str = "trained.safetensors";
+const FORMAT: &str = "dmpo-burn/model";
+
+/// `model.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelInfo {
+    pub format: String,
+    pub dmpo: DmpoConfig,
+    pub preprocess: Preprocess,
+    pub classes: Vec<String>,
+    /// Calibrated exit thresholds; `None` until `calibrate` has run.
+    #[serde(default)]
+    pub policy: Option<ExitPolicy>,
+    /// The budget the policy was calibrated for, as a fraction of the backbone's MACs.
+    #[serde(default)]
+    pub budget_fraction: Option<f64>,
+}
+
+impl ModelInfo {
+    pub fn new(dmpo: DmpoConfig, preprocess: Preprocess, classes: Vec<String>) -> Self {
+        Self {
+            format: FORMAT.into(),
+            dmpo,
+            preprocess,
+            classes,
+            policy: None,
+            budget_fraction: None,
+        }
+    }
+
+    /// The calibrated policy, or an error telling the user how to make one.
+    pub fn require_policy(&self, dir: &Path) -> Result<&ExitPolicy, ImportError> {
+        self.policy.as_ref().ok_or_else(|| ImportError::Config {
+            path: dir.join(MODEL_FILE),
+            reason: format!(
+                "this model has no exit thresholds yet; calibrate them for a compute budget \
+                 first: `cargo xtask calibrate --model {} --data <dataset dir> --budget 0.5`",
+                dir.display()
+            ),
+        })
+    }
+}
+
+/// Reads and checks `model.json`.
+pub fn read_model_info(dir: &Path) -> Result<ModelInfo, ImportError> {
+    let path = dir.join(MODEL_FILE);
+    let text = std::fs::read_to_string(&path).map_err(|source| ImportError::Io {
+        path: path.clone(),
+        source,
+    })?;
+    let info: ModelInfo = serde_json::from_str(&text).map_err(|e| ImportError::Config {
+        path: path.clone(),
+        reason: format!("not a dmpo-burn model description: {e}"),
+    })?;
+    let bad = |reason: String| ImportError::Config {
+        path: path.clone(),
+        reason,
+    };
+    if info.format != FORMAT {
+        return Err(bad(format!(
+            "format is `{}`, expected `{FORMAT}`",
+            info.format
+        )));
+    }
+    if info.classes.len() != info.dmpo.num_classes {
+        return Err(bad(format!(
+            "{} class names for {} classes",
+            info.classes.len(),
+            info.dmpo.num_classes
+        )));
+    }
+    if let Some(policy) = &info.policy {
+        let exits = info.dmpo.exits.len().max(1);
+        if !info.dmpo.exits.is_empty() {
+            policy.validate(exits).map_err(bad)?;
+        } else if let Some(t) = policy.thresholds.iter().find(|t| !(0.0..=1.0).contains(*t)) {
+            return Err(bad(format!("threshold {t} is outside [0, 1]")));
+        }
+    }
+    Ok(info)
+}
+
+/// Writes `model.json` atomically.
+pub fn write_model_info(dir: &Path, info: &ModelInfo) -> Result<(), ImportError> {
+    let json = serde_json::to_string_pretty(info).expect("model info serialises");
+    write_atomic(&dir.join(MODEL_FILE), json.as_bytes())
+}
+
+/// Loads a tuned model: backbone, DMPO structure, trained add-ons (refused if they were trained
+/// on another backbone).
+pub fn load_model_dir<B: Backend>(
+    dir: &Path,
+    device: &B::Device,
+) -> Result<(ModelInfo, DmpoModel<B>), ImportError> {
+    let info = read_model_info(dir)?;
+    let backbone_dir: PathBuf = dir.join(BACKBONE_DIR);
+    let (backbone_info, backbone) = load_backbone::<B>(&backbone_dir, device)?;
+    let model = info
+        .dmpo
+        .init(backbone, device)
+        .map_err(|reason| ImportError::Config {
+            path: dir.join(MODEL_FILE),
+            reason: format!(
+                "does not fit the backbone ({} blocks): {reason}",
+                backbone_info.vit.depth
+            ),
+        })?;
+    if let Some(policy) = &info.policy {
+        policy
+            .validate(model.num_exits())
+            .map_err(|reason| ImportError::Config {
+                path: dir.join(MODEL_FILE),
+                reason,
+            })?;
+    }
+    let model = load_trained(&dir.join(TRAINED_FILE), model)?;
+    Ok((info, model))
+}

@@ -1,0 +1,118 @@
+//! The user's path end to end on a tiny backbone and dataset: `dmpo-train train` writes a
+//! self-contained model folder that loads, runs early exit with its calibrated thresholds, and
+//! explains what to do when thresholds are missing.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use burn::backend::NdArray;
+use burn::prelude::*;
+use dmpo_infer::{load_model_dir, read_model_info, run_early_exit, write_model_info};
+
+fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/fixtures/timm")
+        .join(name)
+}
+
+/// A 10-class MNIST-style directory: class c is a bar at row 2c+4 (so it can be learnt).
+fn write_idx(dir: &Path, prefix: &str, n: usize) {
+    let mut images = vec![0, 0, 8, 3];
+    for v in [n as u32, 28, 28] {
+        images.extend(v.to_be_bytes());
+    }
+    let mut labels = vec![0, 0, 8, 1];
+    labels.extend((n as u32).to_be_bytes());
+    for i in 0..n {
+        let c = i % 10;
+        for y in 0..28 {
+            for x in 0..28 {
+                let on = y / 2 == c + 2 && x > 3 && x < 24;
+                images.push(if on {
+                    200 + (i % 50) as u8
+                } else {
+                    (x * y % 7) as u8
+                });
+            }
+        }
+        labels.push(c as u8);
+    }
+    for (kind, bytes) in [("images-idx3-ubyte", images), ("labels-idx1-ubyte", labels)] {
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(&bytes).unwrap();
+        std::fs::write(
+            dir.join(format!("{prefix}-{kind}.gz")),
+            gz.finish().unwrap(),
+        )
+        .unwrap();
+    }
+}
+
+#[test]
+fn train_writes_a_model_folder_that_infers_with_early_exit() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    write_idx(&data, "train", 200);
+    write_idx(&data, "t10k", 60);
+    let out = dir.path().join("model");
+    let status = Command::new(env!("CARGO_BIN_EXE_dmpo-train"))
+        .args([
+            "train",
+            "--heads",
+            "3",
+            "--epochs",
+            "2",
+            "--batch",
+            "32",
+            "--exits",
+            "2,4",
+            "--workers",
+            "1",
+        ])
+        .args(["--budgets", "0.9,1.0", "--budget", "1.0", "--no-augment"])
+        .arg("--backbone")
+        .arg(fixture("vit_pico_cls.pth"))
+        .arg("--data")
+        .arg(&data)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&status.stderr);
+    assert!(status.status.success(), "{stderr}");
+    let stdout = String::from_utf8_lossy(&status.stdout);
+    assert!(stdout.contains("per-exit accuracy"), "{stdout}");
+    for f in [
+        "model.json",
+        "trained.safetensors",
+        "backbone/config.json",
+        "backbone/model.bpk",
+        "eval.json",
+        "eval.csv",
+        "eval.svg",
+    ] {
+        assert!(out.join(f).is_file(), "{f} missing");
+    }
+
+    let device = Default::default();
+    let (info, model) = load_model_dir::<NdArray>(&out, &device).unwrap();
+    let policy = info.require_policy(&out).unwrap().clone();
+    assert_eq!(info.classes.len(), 10);
+    let x =
+        Tensor::<NdArray, 4>::random([3, 3, 32, 32], burn::tensor::Distribution::Default, &device);
+    let preds = run_early_exit(&model, x, &policy);
+    assert_eq!(preds.len(), 3);
+
+    // Without thresholds, the error says how to calibrate.
+    let mut bare = read_model_info(&out).unwrap();
+    bare.policy = None;
+    write_model_info(&out, &bare).unwrap();
+    let msg = read_model_info(&out)
+        .unwrap()
+        .require_policy(&out)
+        .unwrap_err()
+        .to_string();
+    assert!(msg.contains("cargo xtask calibrate"), "{msg}");
+}
