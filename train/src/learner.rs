@@ -191,5 +191,9 @@ where
     if let Some(epoch) = resume_epoch {
         training = training.checkpoint(epoch);
     }
+    // On a terminal Burn draws its dashboard; elsewhere, concise log lines.
+    if !std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+        training = training.renderer(crate::ProgressLog::default());
+    }
     training.launch(learner).model
 }

@@ -11,6 +11,7 @@ mod loss_schedule;
 mod lr_schedule;
 mod metrics;
 mod pretrain;
+mod progress_log;
 mod synthetic;
 mod trainee;
 
@@ -20,5 +21,6 @@ pub use loss_schedule::{LossSchedule, PhaseTwo};
 pub use lr_schedule::WarmupCosine;
 pub use metrics::{ExitMetric, ExitMetricKind, HostExits, MultiExitOutput, metric_kinds};
 pub use pretrain::{PretrainConfig, PretrainTrainee, demo_vit_config, pretrain};
+pub use progress_log::ProgressLog;
 pub use synthetic::{SYNTHETIC_CLASSES, render, synthetic_dataset};
 pub use trainee::Trainee;

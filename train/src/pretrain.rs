@@ -18,7 +18,7 @@ use crate::trainee::DecayMatrices;
 use crate::{LossSchedule, Run, TrainConfig, fit};
 
 /// The embedded demo backbone: a ViT for 32×32 inputs, patch 4 (64 patches + class token),
-/// width 96, 6 blocks of 3 heads: 0.67 M parameters, 0.05 GMACs per image.
+/// width 96, 6 blocks of 3 heads: 0.69 M parameters, 0.05 GMACs per image.
 pub fn demo_vit_config() -> VitConfig {
     VitConfig::new()
         .with_img_size(32)
@@ -37,12 +37,12 @@ pub struct PretrainConfig {
     #[config(default = "demo_vit_config()")]
     pub vit: VitConfig,
     /// Synthetic training images per class (64 classes).
-    #[config(default = 160)]
+    #[config(default = 100)]
     pub per_class: usize,
-    #[config(default = 16)]
+    #[config(default = 8)]
     pub valid_per_class: usize,
     #[config(
-        default = "TrainConfig::new().with_epochs(6).with_lr(2e-3).with_weight_decay(0.05).with_batch_size(128).with_min_crop_scale(0.5).with_label_smoothing(0.1)"
+        default = "TrainConfig::new().with_epochs(5).with_lr(2e-3).with_weight_decay(0.05).with_batch_size(128).with_min_crop_scale(0.5).with_label_smoothing(0.1)"
     )]
     pub train: TrainConfig,
 }

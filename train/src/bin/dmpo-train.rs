@@ -98,8 +98,9 @@ struct RunArgs {
     epochs: usize,
     #[arg(long, default_value_t = 64)]
     batch: usize,
-    #[arg(long, default_value_t = 1e-3)]
-    lr: f64,
+    /// Peak learning rate [default: 1e-3; 5e-3 on the embedded demo data].
+    #[arg(long)]
+    lr: Option<f64>,
     #[arg(long, default_value_t = 1)]
     warmup_epochs: usize,
     #[arg(long, default_value_t = 1e-4)]
@@ -109,9 +110,10 @@ struct RunArgs {
     /// Adapter bottleneck width.
     #[arg(long, default_value_t = 16)]
     adapter_dim: usize,
-    /// Adapter branch scale.
-    #[arg(long, default_value_t = 0.1)]
-    adapter_scale: f64,
+    /// Adapter branch scale [default: 0.1, large datasets; 1.0 on the embedded demo data, as
+    /// DyT uses for small VTAB-1k sets].
+    #[arg(long)]
+    adapter_scale: Option<f64>,
     /// Use at most this many training images per class (0 = all).
     #[arg(long, default_value_t = 0)]
     per_class: usize,
@@ -239,6 +241,8 @@ fn datasets(a: &RunArgs) -> Result<(ImageDataset, ImageDataset, ImageDataset), E
 /// Trains one model into `out` and evaluates it.
 fn tune(a: &RunArgs, baseline: bool, resume: bool, out: &Path) -> Result<EvalReport, Error> {
     let device = backend::device();
+    // The embedded demo data is small: it gets the small-data recipe unless told otherwise.
+    let demo = a.data == Path::new(DEFAULT_DATA);
     std::fs::create_dir_all(out).map_err(|e| format!("{}: {e}", out.display()))?;
     let (train_set, held_out, test) = datasets(a)?;
     let classes = train_set.classes.clone();
@@ -274,7 +278,7 @@ fn tune(a: &RunArgs, baseline: bool, resume: bool, out: &Path) -> Result<EvalRep
     dmpo.adapter = Some(
         dmpo_model::dmpo::AdapterConfig::new()
             .with_dim(a.adapter_dim)
-            .with_scale(a.adapter_scale),
+            .with_scale(a.adapter_scale.unwrap_or(if demo { 1.0 } else { 0.1 })),
     );
     let model: DmpoModel<TrainBackend> = dmpo.init(backbone, &device)?;
     let counts = model.param_counts();
@@ -297,7 +301,7 @@ fn tune(a: &RunArgs, baseline: bool, resume: bool, out: &Path) -> Result<EvalRep
     let config = TrainConfig::new()
         .with_epochs(a.epochs)
         .with_batch_size(a.batch)
-        .with_lr(a.lr)
+        .with_lr(a.lr.unwrap_or(if demo { 5e-3 } else { 1e-3 }))
         .with_warmup_epochs(a.warmup_epochs)
         .with_weight_decay(a.weight_decay)
         .with_label_smoothing(a.label_smoothing)
