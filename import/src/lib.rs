@@ -16,6 +16,7 @@
 //! # Ok::<(), dmpo_import::ImportError>(())
 //! ```
 
+pub mod cli;
 mod converted;
 mod error;
 mod hf_layout;

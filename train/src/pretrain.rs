@@ -14,7 +14,7 @@ use dmpo_model::vit::{GlobalPool, VisionTransformer, VitConfig};
 use crate::batcher::ExitBatch;
 use crate::metrics::MultiExitOutput;
 use crate::synthetic::{SYNTHETIC_CLASSES, synthetic_dataset};
-use crate::trainee::DecayMatrices;
+use crate::trainee::decay_then_step;
 use crate::{LossSchedule, Run, TrainConfig, fit};
 
 /// The embedded demo backbone: a ViT for 32×32 inputs, patch 4 (64 patches + class token),
@@ -88,9 +88,8 @@ impl<B: AutodiffBackend> TrainStep for PretrainTrainee<B> {
         O: Optimizer<Self, BB>,
         Self: burn::module::AutodiffModule<BB>,
     {
-        let factor = 1.0 - lr * self.weight_decay;
-        let decayed = self.map(&mut DecayMatrices { factor });
-        optim.step(lr, decayed, grads)
+        let weight_decay = self.weight_decay;
+        decay_then_step::<B, BB, _, _>(self, optim, lr, weight_decay, grads)
     }
 }
 

@@ -63,13 +63,8 @@ impl<B: AutodiffBackend> TrainStep for Trainee<B> {
         O: Optimizer<Self, BB>,
         Self: burn::module::AutodiffModule<BB>,
     {
-        let decayed = if self.weight_decay > 0.0 {
-            let factor = 1.0 - lr * self.weight_decay;
-            self.map(&mut DecayMatrices { factor })
-        } else {
-            self
-        };
-        optim.step(lr, decayed, grads)
+        let weight_decay = self.weight_decay;
+        decay_then_step::<B, BB, _, _>(self, optim, lr, weight_decay, grads)
     }
 }
 
@@ -82,10 +77,37 @@ impl<B: Backend> InferenceStep for Trainee<B> {
     }
 }
 
+/// The optimiser step after AdamW's decoupled weight decay on trainable matrices.
+pub(crate) fn decay_then_step<B, BB, M, O>(
+    module: M,
+    optim: &mut O,
+    lr: f64,
+    weight_decay: f64,
+    grads: GradientsParams,
+) -> M
+where
+    B: AutodiffBackend,
+    BB: AutodiffBackend,
+    M: Module<B> + burn::module::AutodiffModule<BB>,
+    O: Optimizer<M, BB>,
+{
+    let module = if weight_decay > 0.0 {
+        <M as Module<B>>::map(
+            module,
+            &mut DecayMatrices {
+                factor: 1.0 - lr * weight_decay,
+            },
+        )
+    } else {
+        module
+    };
+    optim.step(lr, module, grads)
+}
+
 /// AdamW's decoupled decay `p ← p·(1 − lr·wd)`, on trainable parameters of rank ≥ 2 only:
 /// decaying norms and biases toward zero only hurts (the usual timm / DyT recipe).
-pub(crate) struct DecayMatrices {
-    pub(crate) factor: f64,
+struct DecayMatrices {
+    factor: f64,
 }
 
 impl<B: AutodiffBackend> ModuleMapper<B> for DecayMatrices {

@@ -80,9 +80,9 @@ fn training_lowers_the_loss_and_leaves_the_backbone_alone() {
 
     let dir = tempfile::tempdir().unwrap();
     let config = TrainConfig::new()
-        .with_epochs(4)
+        .with_epochs(6)
         .with_batch_size(16)
-        .with_lr(3e-3)
+        .with_lr(5e-3)
         .with_num_workers(1)
         .with_augment(false);
     let trained = dmpo_train::train(

@@ -113,25 +113,8 @@ enum Command {
     },
 }
 
-/// Our progress at info; the frameworks' own chatter only when it matters.
-const LOG_FILTER: &str =
-    "info,burn=warn,burn_train=warn,burn_core=warn,cubecl=warn,wgpu=warn,naga=warn";
-
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| LOG_FILTER.into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    match run(Cli::parse()) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!("{e}");
-            ExitCode::FAILURE
-        }
-    }
+    dmpo_import::cli::run_main(|| run(Cli::parse()))
 }
 
 type Error = Box<dyn std::error::Error>;

@@ -52,37 +52,28 @@ pub fn decode_file(path: &Path) -> Result<DynamicImage, DataError> {
         path: path.to_path_buf(),
         reason,
     };
-    let mut reader = image::ImageReader::open(path)
-        .map_err(|source| DataError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?
-        .with_guessed_format()
-        .map_err(|e| err(e.to_string()))?;
-    let mut limits = image::Limits::default();
-    limits.max_alloc = Some(MAX_IMAGE_PIXELS * 8);
-    reader.limits(limits);
-    let (w, h) = reader.into_dimensions().map_err(|e| err(e.to_string()))?;
+    // Reading the dimensions consumes the reader, so the file is opened twice: once for the
+    // header (cheap), once to decode within a memory limit fitted to the image.
+    let open = || {
+        image::ImageReader::open(path)
+            .map_err(|source| DataError::Io {
+                path: path.to_path_buf(),
+                source,
+            })?
+            .with_guessed_format()
+            .map_err(|e| err(e.to_string()))
+    };
+    let (w, h) = open()?.into_dimensions().map_err(|e| err(e.to_string()))?;
     if u64::from(w) * u64::from(h) > MAX_IMAGE_PIXELS {
         return Err(err(format!(
             "{w}x{h} pixels is over the limit of {MAX_IMAGE_PIXELS} (a decompression bomb?)"
         )));
     }
-    let mut reader = image::ImageReader::open(path)
-        .map_err(|source| DataError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?
-        .with_guessed_format()
-        .map_err(|e| err(e.to_string()))?;
-    reader.limits(limits_for(w, h));
-    reader.decode().map_err(|e| err(e.to_string()))
-}
-
-fn limits_for(w: u32, h: u32) -> image::Limits {
+    let mut reader = open()?;
     let mut limits = image::Limits::default();
     limits.max_alloc = Some(u64::from(w) * u64::from(h) * 16 + (1 << 20));
-    limits
+    reader.limits(limits);
+    reader.decode().map_err(|e| err(e.to_string()))
 }
 
 /// One labelled image.

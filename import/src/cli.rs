@@ -1,0 +1,26 @@
+//! What every dmpo-burn binary does around its own work: logging to stderr through `tracing`
+//! and one clear error line with a failing exit status instead of a panic.
+
+use std::process::ExitCode;
+
+/// Our progress at info; the frameworks' own chatter only when it matters. `RUST_LOG` overrides.
+const LOG_FILTER: &str =
+    "info,burn=warn,burn_train=warn,burn_core=warn,cubecl=warn,wgpu=warn,naga=warn";
+
+/// Installs the logger, runs `body`, and turns its error into a logged line and exit status 1.
+pub fn run_main<E: std::fmt::Display>(body: impl FnOnce() -> Result<(), E>) -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| LOG_FILTER.into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match body() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
