@@ -23,6 +23,20 @@ const TASKS: &[(&str, &str, &str, &str, &str)] = &[
         "train DMPO and the multi-exit baseline, plot both",
     ),
     (
+        "pretrain",
+        "dmpo-train",
+        "dmpo-train",
+        "tui",
+        "pretrain the embedded demo backbone (synthetic data)",
+    ),
+    (
+        "subset",
+        "dmpo-train",
+        "dmpo-train",
+        "",
+        "write a class-balanced subset of an IDX dataset",
+    ),
+    (
         "calibrate",
         "dmpo-infer",
         "dmpo-infer",
