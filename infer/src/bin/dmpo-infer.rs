@@ -282,7 +282,13 @@ fn bench(data: &Data, budgets: &[f64], passes: usize, images: usize) -> Result<(
         1.0,
     )];
     for &b in budgets {
-        let (p, sim) = calibrate(&calib, Budget::Fraction(b))?;
+        let (p, sim) = match calibrate(&calib, Budget::Fraction(b)) {
+            Ok(found) => found,
+            Err(e) => {
+                tracing::warn!("skipping budget {b}: {e}");
+                continue;
+            }
+        };
         policies.push((
             format!("{:.0}%", 100.0 * b),
             p,
