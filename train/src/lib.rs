@@ -6,6 +6,7 @@
 //! cosine, decoupled weight decay on matrices only, gradient clipping, checkpoints and resume.
 
 mod batcher;
+mod epoch_metrics;
 mod learner;
 mod loss_schedule;
 mod lr_schedule;
@@ -16,6 +17,7 @@ mod synthetic;
 mod trainee;
 
 pub use batcher::{EpochClock, ExitBatch, ExitBatcher};
+pub use epoch_metrics::{read_epoch_metrics, write_epoch_metrics};
 pub use learner::{Run, TrainConfig, fit, train};
 pub use loss_schedule::{LossSchedule, PhaseTwo};
 pub use lr_schedule::WarmupCosine;

@@ -95,6 +95,20 @@ fn train_writes_a_model_folder_that_infers_with_early_exit() {
     ] {
         assert!(out.join(f).is_file(), "{f} missing");
     }
+    // Every epoch's metrics, per exit, as CSV and a plot.
+    let csv = std::fs::read_to_string(out.join("metrics.csv")).unwrap();
+    for row in [
+        "valid,1,Accuracy exit 1,",
+        "valid,2,Accuracy exit 2,",
+        "train,2,Loss,",
+    ] {
+        assert!(csv.contains(row), "{row} not in {csv}");
+    }
+    assert!(
+        std::fs::read_to_string(out.join("accuracy.svg"))
+            .unwrap()
+            .starts_with("<svg")
+    );
 
     let device = Default::default();
     let (info, model) = load_model_dir::<NdArray>(&out, &device).unwrap();

@@ -311,6 +311,7 @@ fn tune(a: &RunArgs, baseline: bool, resume: bool, out: &Path) -> Result<EvalRep
         resume_epoch,
         &device,
     );
+    dmpo_train::write_epoch_metrics(&artifacts, out)?;
     let binding = TrainedBinding::new(&dmpo, &info.vit, &trained);
     save_trained(&out.join(TRAINED_FILE), &trained, &binding)?;
 
