@@ -3,18 +3,15 @@
 
 use std::path::Path;
 
-use burn::nn::loss::CrossEntropyLossConfig;
-use burn::optim::{GradientsParams, Optimizer};
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
-use burn::train::{InferenceStep, TrainOutput, TrainStep};
 use dmpo_model::Preprocess;
 use dmpo_model::vit::{GlobalPool, VisionTransformer, VitConfig};
 
 use crate::batcher::ExitBatch;
 use crate::metrics::MultiExitOutput;
 use crate::synthetic::{SYNTHETIC_CLASSES, synthetic_dataset};
-use crate::trainee::decay_then_step;
+use crate::trainee::{cross_entropy, exit_loss_steps};
 use crate::{LossSchedule, Run, TrainConfig, fit};
 
 /// The embedded demo backbone: a ViT for 32×32 inputs, patch 4 (64 patches + class token),
@@ -58,10 +55,7 @@ pub struct PretrainTrainee<B: Backend> {
 impl<B: Backend> PretrainTrainee<B> {
     fn forward_loss(&self, batch: ExitBatch<B>) -> MultiExitOutput<B> {
         let logits = self.vit.forward(batch.images);
-        let smoothing = (self.label_smoothing > 0.0).then_some(self.label_smoothing as f32);
-        let loss = CrossEntropyLossConfig::new()
-            .with_smoothing(smoothing)
-            .init(&logits.device())
+        let loss = cross_entropy(self.label_smoothing, &logits.device())
             .forward(logits.clone(), batch.targets.clone());
         MultiExitOutput {
             loss: loss.clone(),
@@ -72,35 +66,7 @@ impl<B: Backend> PretrainTrainee<B> {
     }
 }
 
-impl<B: AutodiffBackend> TrainStep for PretrainTrainee<B> {
-    type Input = ExitBatch<B>;
-    type Output = MultiExitOutput<B>;
-
-    fn step(&self, batch: ExitBatch<B>) -> TrainOutput<MultiExitOutput<B>> {
-        let out = self.forward_loss(batch);
-        let grads = out.loss.backward();
-        TrainOutput::new(self, grads, out)
-    }
-
-    fn optimize<BB, O>(self, optim: &mut O, lr: f64, grads: GradientsParams) -> Self
-    where
-        BB: AutodiffBackend,
-        O: Optimizer<Self, BB>,
-        Self: burn::module::AutodiffModule<BB>,
-    {
-        let weight_decay = self.weight_decay;
-        decay_then_step::<B, BB, _, _>(self, optim, lr, weight_decay, grads)
-    }
-}
-
-impl<B: Backend> InferenceStep for PretrainTrainee<B> {
-    type Input = ExitBatch<B>;
-    type Output = MultiExitOutput<B>;
-
-    fn step(&self, batch: ExitBatch<B>) -> MultiExitOutput<B> {
-        self.forward_loss(batch)
-    }
-}
+exit_loss_steps!(PretrainTrainee);
 
 /// Pretrains a backbone by `config` and returns it with its preprocessing (mean = std = 0.5,
 /// no crop margin: the images are already the input size).

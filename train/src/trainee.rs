@@ -3,7 +3,6 @@ use burn::nn::loss::CrossEntropyLossConfig;
 use burn::optim::{GradientsParams, Optimizer};
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
-use burn::train::{InferenceStep, TrainOutput, TrainStep};
 use dmpo_model::dmpo::DmpoModel;
 
 use crate::batcher::ExitBatch;
@@ -24,10 +23,7 @@ impl<B: Backend> Trainee<B> {
     pub fn forward_loss(&self, batch: ExitBatch<B>) -> MultiExitOutput<B> {
         let device = batch.images.device();
         let logits = self.model.forward_exits(batch.images);
-        let smoothing = (self.label_smoothing > 0.0).then_some(self.label_smoothing as f32);
-        let ce = CrossEntropyLossConfig::new()
-            .with_smoothing(smoothing)
-            .init(&device);
+        let ce = cross_entropy(self.label_smoothing, &device);
         let exit_losses: Vec<Tensor<B, 1>> = logits
             .iter()
             .map(|l| ce.forward(l.clone(), batch.targets.clone()))
@@ -47,34 +43,68 @@ impl<B: Backend> Trainee<B> {
     }
 }
 
-impl<B: AutodiffBackend> TrainStep for Trainee<B> {
-    type Input = ExitBatch<B>;
-    type Output = MultiExitOutput<B>;
+/// The Learner's train and validation steps for a trainee type with a `forward_loss(batch)`
+/// and a `weight_decay` field: backward on the weighted loss, decoupled decay, then AdamW.
+macro_rules! exit_loss_steps {
+    ($trainee:ident) => {
+        impl<B: burn::tensor::backend::AutodiffBackend> burn::train::TrainStep for $trainee<B> {
+            type Input = $crate::ExitBatch<B>;
+            type Output = $crate::MultiExitOutput<B>;
 
-    fn step(&self, batch: ExitBatch<B>) -> TrainOutput<MultiExitOutput<B>> {
-        let out = self.forward_loss(batch);
-        let grads = out.loss.backward();
-        TrainOutput::new(self, grads, out)
-    }
+            fn step(
+                &self,
+                batch: $crate::ExitBatch<B>,
+            ) -> burn::train::TrainOutput<$crate::MultiExitOutput<B>> {
+                let out = self.forward_loss(batch);
+                let grads = out.loss.backward();
+                burn::train::TrainOutput::new(self, grads, out)
+            }
 
-    fn optimize<BB, O>(self, optim: &mut O, lr: f64, grads: GradientsParams) -> Self
-    where
-        BB: AutodiffBackend,
-        O: Optimizer<Self, BB>,
-        Self: burn::module::AutodiffModule<BB>,
-    {
-        let weight_decay = self.weight_decay;
-        decay_then_step::<B, BB, _, _>(self, optim, lr, weight_decay, grads)
-    }
+            fn optimize<BB, O>(
+                self,
+                optim: &mut O,
+                lr: f64,
+                grads: burn::optim::GradientsParams,
+            ) -> Self
+            where
+                BB: burn::tensor::backend::AutodiffBackend,
+                O: burn::optim::Optimizer<Self, BB>,
+                Self: burn::module::AutodiffModule<BB>,
+            {
+                let weight_decay = self.weight_decay;
+                $crate::trainee::decay_then_step::<B, BB, _, _>(
+                    self,
+                    optim,
+                    lr,
+                    weight_decay,
+                    grads,
+                )
+            }
+        }
+
+        impl<B: burn::prelude::Backend> burn::train::InferenceStep for $trainee<B> {
+            type Input = $crate::ExitBatch<B>;
+            type Output = $crate::MultiExitOutput<B>;
+
+            fn step(&self, batch: $crate::ExitBatch<B>) -> $crate::MultiExitOutput<B> {
+                self.forward_loss(batch)
+            }
+        }
+    };
 }
+pub(crate) use exit_loss_steps;
 
-impl<B: Backend> InferenceStep for Trainee<B> {
-    type Input = ExitBatch<B>;
-    type Output = MultiExitOutput<B>;
+exit_loss_steps!(Trainee);
 
-    fn step(&self, batch: ExitBatch<B>) -> MultiExitOutput<B> {
-        self.forward_loss(batch)
-    }
+/// Cross-entropy with label smoothing `ε` (0 = none).
+pub(crate) fn cross_entropy<B: Backend>(
+    label_smoothing: f64,
+    device: &B::Device,
+) -> burn::nn::loss::CrossEntropyLoss<B> {
+    let smoothing = (label_smoothing > 0.0).then_some(label_smoothing as f32);
+    CrossEntropyLossConfig::new()
+        .with_smoothing(smoothing)
+        .init(device)
 }
 
 /// The optimiser step after AdamW's decoupled weight decay on trainable matrices.
