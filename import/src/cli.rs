@@ -15,6 +15,8 @@ pub fn run_main<E: std::fmt::Display>(body: impl FnOnce() -> Result<(), E>) -> E
                 .unwrap_or_else(|_| LOG_FILTER.into()),
         )
         .with_writer(std::io::stderr)
+        // Colour codes only for a person at a terminal, not in log files and CI output.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match body() {
         Ok(()) => ExitCode::SUCCESS,

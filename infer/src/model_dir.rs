@@ -69,14 +69,29 @@ pub fn read_model_info(dir: &Path) -> Result<ModelInfo, ImportError> {
         path: path.clone(),
         source,
     })?;
-    let info: ModelInfo = serde_json::from_str(&text).map_err(|e| ImportError::Config {
+    let not_ours = |e: serde_json::Error| ImportError::Config {
         path: path.clone(),
         reason: format!("not a dmpo-burn model description: {e}"),
-    })?;
+    };
+    let value: serde_json::Value = serde_json::from_str(&text).map_err(not_ours)?;
+    let info: ModelInfo = serde_json::from_value(value.clone()).map_err(not_ours)?;
     let bad = |reason: String| ImportError::Config {
         path: path.clone(),
         reason,
     };
+    // Burn's `Config` structs ignore fields they do not know: a misspelt `"bypas"` would
+    // silently fall back to the default. Every key must survive a round trip.
+    let known = serde_json::to_value(&info).expect("model info serialises");
+    if let Some(key) = unknown_keys(&value, &known, "").first() {
+        return Err(bad(format!("unknown field `{key}`")));
+    }
+    info.preprocess.validate().map_err(bad)?;
+    let exits = &info.dmpo.exits;
+    if exits.first() == Some(&0) || exits.windows(2).any(|w| w[0] >= w[1]) {
+        return Err(bad(format!(
+            "dmpo.exits {exits:?} must be strictly increasing block numbers from 1"
+        )));
+    }
     if info.format != FORMAT {
         return Err(bad(format!(
             "format is `{}`, expected `{FORMAT}`",
@@ -99,6 +114,28 @@ pub fn read_model_info(dir: &Path) -> Result<ModelInfo, ImportError> {
         }
     }
     Ok(info)
+}
+
+/// Keys of `given` (dotted paths) that `known`, the same document re-serialised, lacks.
+fn unknown_keys(given: &serde_json::Value, known: &serde_json::Value, prefix: &str) -> Vec<String> {
+    use serde_json::Value;
+    match (given, known) {
+        (Value::Object(g), Value::Object(k)) => g
+            .iter()
+            .flat_map(|(key, v)| {
+                let path = if prefix.is_empty() {
+                    key.clone()
+                } else {
+                    format!("{prefix}.{key}")
+                };
+                match k.get(key) {
+                    Some(kv) => unknown_keys(v, kv, &path),
+                    None => vec![path],
+                }
+            })
+            .collect(),
+        _ => Vec::new(),
+    }
 }
 
 /// Writes `model.json` atomically.

@@ -172,3 +172,83 @@ fn an_unknown_layout_says_what_was_expected() {
     let msg = load_splits(dir.path()).unwrap_err().to_string();
     assert!(msg.contains("no dataset found"), "{msg}");
 }
+
+fn hostile(name: &str) -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/fixtures/hostile")
+        .join(name)
+}
+
+/// A PNG of the given size whose header is valid and whose pixels are missing: what a
+/// decompression bomb looks like before it is inflated.
+fn png_header_only(path: &Path, w: u32, h: u32) {
+    let chunk = |bytes: &mut Vec<u8>, kind: &[u8], data: &[u8]| {
+        bytes.extend((data.len() as u32).to_be_bytes());
+        let mut body = kind.to_vec();
+        body.extend(data);
+        let mut crc = flate2::Crc::new();
+        crc.update(&body);
+        bytes.extend(body);
+        bytes.extend(crc.sum().to_be_bytes());
+    };
+    let mut ihdr = Vec::new();
+    ihdr.extend(w.to_be_bytes());
+    ihdr.extend(h.to_be_bytes());
+    ihdr.extend([8, 2, 0, 0, 0]); // 8-bit RGB, deflate, no filter, no interlace
+    let mut bytes = b"\x89PNG\r\n\x1a\n".to_vec();
+    chunk(&mut bytes, b"IHDR", &ihdr);
+    chunk(
+        &mut bytes,
+        b"IDAT",
+        &[0x78, 0x9c, 0x03, 0x00, 0x00, 0x00, 0x00, 0x01],
+    );
+    chunk(&mut bytes, b"IEND", &[]);
+    std::fs::write(path, bytes).unwrap();
+}
+
+#[test]
+fn unusual_images_decode_to_8_bit_rgb() {
+    use dmpo_infer::data::decode_file;
+    // CMYK JPEG (Pillow: pure red), 16-bit grey PNG (Pillow: white), 16-bit RGB PNG.
+    let red = decode_file(&hostile("cmyk.jpg")).unwrap().to_rgb8();
+    let p = red.get_pixel(3, 3).0;
+    assert!(
+        p[0] > 240 && p[1] < 15 && p[2] < 15,
+        "CMYK red decoded as {p:?}"
+    );
+    let white = decode_file(&hostile("grey16.png")).unwrap().to_rgb8();
+    assert_eq!(white.get_pixel(0, 0).0, [255, 255, 255]);
+    let dir = tempfile::tempdir().unwrap();
+    let rgb16 = dir.path().join("rgb16.png");
+    image::ImageBuffer::<image::Rgb<u16>, _>::from_pixel(4, 4, image::Rgb([65535, 0, 32896]))
+        .save(&rgb16)
+        .unwrap();
+    assert_eq!(
+        decode_file(&rgb16).unwrap().to_rgb8().get_pixel(1, 1).0,
+        [255, 0, 128]
+    );
+}
+
+#[test]
+fn empty_truncated_and_oversized_images_are_refused_by_name() {
+    use dmpo_infer::data::{MAX_IMAGE_PIXELS, decode_file};
+    let dir = tempfile::tempdir().unwrap();
+    let empty = dir.path().join("empty.png");
+    std::fs::write(&empty, b"").unwrap();
+    let truncated = dir.path().join("truncated.png");
+    png(&truncated, 16, 16);
+    let bytes = std::fs::read(&truncated).unwrap();
+    std::fs::write(&truncated, &bytes[..bytes.len() - 20]).unwrap();
+    // 100 000 x 100 000 pixels declared in a 65-byte file.
+    let bomb = dir.path().join("bomb.png");
+    png_header_only(&bomb, 100_000, 100_000);
+    for path in [&empty, &truncated, &bomb] {
+        let err = decode_file(path).unwrap_err().to_string();
+        assert!(err.contains(&path.display().to_string()), "{err}");
+    }
+    let err = decode_file(&bomb).unwrap_err().to_string();
+    assert!(
+        err.contains("100000x100000") && err.contains(&MAX_IMAGE_PIXELS.to_string()),
+        "{err}"
+    );
+}

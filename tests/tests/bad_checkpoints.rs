@@ -264,3 +264,33 @@ fn an_architecture_that_contradicts_the_tensors_is_an_error() {
     let msg = message(import_opts(&path, &opts).unwrap_err(), &path);
     assert!(msg.contains("divisible by num_heads 3"), "{msg}");
 }
+
+fn hostile(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures/hostile")
+        .join(name)
+}
+
+#[test]
+fn pickles_that_would_run_code_are_refused_without_running_it() {
+    // Written by fixtures/hostile/make_hostile.py: unpickling them in Python runs
+    // `touch MARKER`. Our reader interprets pickle opcodes itself and never calls anything.
+    let marker = Path::new("/tmp/dmpo-burn-hostile-pickle-ran");
+    let _ = std::fs::remove_file(marker);
+    for name in ["exec_on_load.pth", "exec_on_load_legacy.pth"] {
+        let path = hostile(name);
+        let msg = message(import(&path).unwrap_err(), &path);
+        // The refusal names the callable the file asked for.
+        assert!(msg.contains("posix.system"), "{name}: {msg}");
+        assert!(!marker.exists(), "{name}: the pickle's code ran");
+    }
+}
+
+#[test]
+fn pickles_that_are_not_state_dicts_are_refused() {
+    for name in ["a_list.pth", "a_number.pth"] {
+        let path = hostile(name);
+        let msg = message(import(&path).unwrap_err(), &path);
+        assert!(msg.contains("state_dict"), "{name}: {msg}");
+    }
+}

@@ -1,7 +1,5 @@
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
-use burn::data::dataloader::batcher::Batcher;
 use burn::prelude::*;
 use dmpo_model::Preprocess;
 use rand::SeedableRng;
@@ -21,47 +19,25 @@ pub struct ExitBatch<B: Backend> {
     pub loss_weights: Vec<f32>,
 }
 
-/// Knows which epoch a batch belongs to by counting the training batches made, so the loss
-/// weights (which change with the epoch) travel with each batch into the train step.
+/// The exit loss weights of each epoch of a run: the schedule applied to this run's exits and
+/// length. The train step has no notion of epoch, so the weights travel with each batch.
 #[derive(Debug, Clone)]
-pub struct EpochClock {
+pub struct EpochWeights {
     schedule: Arc<LossSchedule>,
     exit_blocks: Arc<[usize]>,
     num_epochs: usize,
-    batches_per_epoch: usize,
-    made: Arc<AtomicUsize>,
 }
 
-impl EpochClock {
-    /// `start_epoch` > 0 when resuming.
-    pub fn new(
-        schedule: LossSchedule,
-        exit_blocks: Vec<usize>,
-        num_epochs: usize,
-        batches_per_epoch: usize,
-        start_epoch: usize,
-    ) -> Self {
-        let batches_per_epoch = batches_per_epoch.max(1);
+impl EpochWeights {
+    pub fn new(schedule: LossSchedule, exit_blocks: Vec<usize>, num_epochs: usize) -> Self {
         Self {
             schedule: Arc::new(schedule),
             exit_blocks: exit_blocks.into(),
             num_epochs,
-            batches_per_epoch,
-            made: Arc::new(AtomicUsize::new(start_epoch * batches_per_epoch)),
         }
     }
 
-    /// The epoch of the training batch being made, counting it.
-    fn tick(&self) -> (usize, usize) {
-        let n = self.made.fetch_add(1, Ordering::SeqCst);
-        (n / self.batches_per_epoch, n)
-    }
-
-    /// The epoch of the last training batch made.
-    pub fn epoch(&self) -> usize {
-        self.made.load(Ordering::SeqCst).saturating_sub(1) / self.batches_per_epoch
-    }
-
+    /// The weights of `epoch` (from 0).
     pub fn weights(&self, epoch: usize) -> Vec<f32> {
         self.schedule
             .weights(epoch, self.num_epochs, &self.exit_blocks)
@@ -69,54 +45,91 @@ impl EpochClock {
 }
 
 /// Decodes, transforms and stacks samples; reports and drops unreadable images.
+///
+/// Every random choice of a sample's augmentation is drawn from a generator keyed on
+/// `(seed, epoch, position in the epoch)`, so a batch is the same whichever thread makes it and
+/// whether or not the run was interrupted and resumed.
 #[derive(Debug, Clone)]
 pub struct ExitBatcher {
     pub preprocess: Preprocess,
-    /// True for the training split: batches advance the epoch clock.
-    pub train: bool,
-    /// Random crops and flips (training only); `None`: the evaluation transform.
+    /// Random crops and flips (training); `None`: the evaluation transform.
     pub augment: Option<Augment>,
-    pub clock: EpochClock,
+    pub weights: EpochWeights,
     pub seed: u64,
 }
 
-impl<B: Backend> Batcher<B, Sample, ExitBatch<B>> for ExitBatcher {
-    fn batch(&self, items: Vec<Sample>, device: &B::Device) -> ExitBatch<B> {
-        let (weights, mut rng) = if self.train {
-            let (epoch, n) = self.clock.tick();
-            // Seeded by the batch's position in the run: augmentation is reproducible.
-            let seed = self.seed ^ (n as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-            (
-                self.clock.weights(epoch),
-                rand::rngs::StdRng::seed_from_u64(seed),
-            )
+impl ExitBatcher {
+    /// The batch of `samples`, the first of which sits at `first_position` in `epoch`'s order;
+    /// images are decoded and transformed on up to `workers` threads, in order.
+    pub fn batch<B: Backend>(
+        &self,
+        samples: &[&Sample],
+        epoch: usize,
+        first_position: usize,
+        workers: usize,
+        device: &B::Device,
+    ) -> ExitBatch<B> {
+        let prepare = |(i, sample): (usize, &&Sample)| -> Option<(Vec<f32>, i64)> {
+            let img = match sample.image.load() {
+                Ok(img) => img,
+                Err(e) => {
+                    tracing::warn!("skipping {}: {e}", sample.image.describe());
+                    return None;
+                }
+            };
+            let x = match &self.augment {
+                Some(aug) => {
+                    let key = mix(self.seed, epoch as u64, (first_position + i) as u64);
+                    let mut rng = rand::rngs::StdRng::seed_from_u64(key);
+                    train_transform(&img, &self.preprocess, aug, &mut rng)
+                }
+                None => eval_transform(&img, &self.preprocess),
+            };
+            Some((x, sample.label as i64))
+        };
+        let prepared: Vec<Option<(Vec<f32>, i64)>> = if workers <= 1 || samples.len() < 2 {
+            samples.iter().enumerate().map(prepare).collect()
         } else {
-            (
-                self.clock.weights(self.clock.epoch()),
-                rand::rngs::StdRng::seed_from_u64(0),
-            )
+            let per_thread = samples.len().div_ceil(workers);
+            let indexed: Vec<(usize, &&Sample)> = samples.iter().enumerate().collect();
+            std::thread::scope(|scope| {
+                let handles: Vec<_> = indexed
+                    .chunks(per_thread)
+                    .map(|chunk| {
+                        let prepare = &prepare;
+                        scope.spawn(move || chunk.iter().copied().map(prepare).collect::<Vec<_>>())
+                    })
+                    .collect();
+                handles
+                    .into_iter()
+                    .flat_map(|h| h.join().expect("image worker panicked"))
+                    .collect()
+            })
         };
         let size = self.preprocess.input_size;
-        let mut pixels = Vec::with_capacity(items.len() * 3 * size * size);
-        let mut labels = Vec::with_capacity(items.len());
-        for sample in &items {
-            match sample.image.load() {
-                Ok(img) => {
-                    let x = match &self.augment {
-                        Some(aug) => train_transform(&img, &self.preprocess, aug, &mut rng),
-                        None => eval_transform(&img, &self.preprocess),
-                    };
-                    pixels.extend(x);
-                    labels.push(sample.label as i64);
-                }
-                Err(e) => tracing::warn!("skipping {}: {e}", sample.image.describe()),
-            }
+        let mut pixels = Vec::with_capacity(samples.len() * 3 * size * size);
+        let mut labels = Vec::with_capacity(samples.len());
+        for (x, label) in prepared.into_iter().flatten() {
+            pixels.extend(x);
+            labels.push(label);
         }
         let n = labels.len();
         ExitBatch {
             images: Tensor::from_data(TensorData::new(pixels, [n, 3, size, size]), device),
             targets: Tensor::from_data(TensorData::new(labels, [n]), device),
-            loss_weights: weights,
+            loss_weights: self.weights.weights(epoch),
         }
     }
+}
+
+/// Mixes a run's seed with an epoch and a position into one well-spread 64-bit key
+/// (SplitMix64's finaliser over each word).
+pub(crate) fn mix(seed: u64, epoch: u64, position: u64) -> u64 {
+    let step = |mut z: u64| {
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    };
+    let golden = 0x9E37_79B9_7F4A_7C15u64;
+    step(step(step(seed.wrapping_add(golden)) ^ epoch.wrapping_add(golden)) ^ position)
 }

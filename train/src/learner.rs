@@ -1,6 +1,6 @@
 use std::path::Path;
+use std::sync::Arc;
 
-use burn::data::dataloader::DataLoaderBuilder;
 use burn::module::AutodiffModule;
 use burn::optim::AdamWConfig;
 use burn::optim::grad_clipping::GradientClippingConfig;
@@ -11,7 +11,10 @@ use burn::train::{InferenceStep, Learner, SupervisedTraining, TrainStep};
 use dmpo_model::Preprocess;
 use dmpo_model::dmpo::DmpoModel;
 
-use crate::batcher::{EpochClock, ExitBatch, ExitBatcher};
+use crate::atomic_recorder::AtomicFileRecorder;
+use crate::batcher::{EpochWeights, ExitBatch, ExitBatcher};
+use crate::epoch_loader::{EpochCounter, EpochLoader, Split};
+use crate::loss_guard::LossGuard;
 use crate::metrics::{ExitMetric, MultiExitOutput, metric_kinds};
 use crate::trainee::Trainee;
 use crate::{LossSchedule, WarmupCosine};
@@ -42,7 +45,7 @@ pub struct TrainConfig {
     pub label_smoothing: f64,
     #[config(default = 42)]
     pub seed: u64,
-    /// Threads decoding and augmenting images.
+    /// Threads decoding and augmenting each batch's images.
     #[config(default = 2)]
     pub num_workers: usize,
     #[config(default = "LossSchedule::new()")]
@@ -54,6 +57,28 @@ pub struct TrainConfig {
     #[config(default = 0.35)]
     pub min_crop_scale: f64,
 }
+
+/// Why a run did not finish.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    /// A NaN or infinite loss: the run stopped before that epoch's checkpoint.
+    #[error(
+        "training stopped in epoch {epoch}: {reason}. {kept} Try a lower learning rate \
+         (--lr) or gradient clipping, then --resume."
+    )]
+    NonFiniteLoss {
+        epoch: usize,
+        reason: String,
+        /// What is left on disk to resume from.
+        kept: String,
+    },
+}
+
+/// The file format of checkpoints, written atomically.
+pub type CheckpointRecorder = AtomicFileRecorder<NamedMpkFileRecorder<FullPrecisionSettings>>;
+
+/// The extension of checkpoint files (`checkpoint/model-<epoch>.mpk`).
+pub const CHECKPOINT_EXTENSION: &str = "mpk";
 
 /// Trains the add-ons of `model` with Burn's Learner: per-exit metrics live, checkpoints of
 /// every epoch under `artifact_dir/checkpoint`, resumable from `resume_epoch`.
@@ -67,12 +92,14 @@ pub fn train<B: AutodiffBackend>(
     artifact_dir: &Path,
     resume_epoch: Option<usize>,
     device: &B::Device,
-) -> DmpoModel<B::InnerBackend> {
+) -> Result<DmpoModel<B::InnerBackend>, TrainError> {
     let exit_blocks = model.exits.clone();
+    let guard = LossGuard::default();
     let trainee = Trainee {
         model,
         label_smoothing: config.label_smoothing,
         weight_decay: config.weight_decay,
+        guard: guard.clone(),
     };
     let run = Run {
         train_set,
@@ -81,8 +108,9 @@ pub fn train<B: AutodiffBackend>(
         config,
         artifact_dir,
         resume_epoch,
+        guard,
     };
-    fit(trainee, exit_blocks, run, device).model
+    Ok(fit(trainee, exit_blocks, run, device)?.model)
 }
 
 /// Everything a training run needs besides the model.
@@ -93,6 +121,8 @@ pub struct Run<'a> {
     pub config: &'a TrainConfig,
     pub artifact_dir: &'a Path,
     pub resume_epoch: Option<usize>,
+    /// The same guard the trainee checks its losses with.
+    pub guard: LossGuard,
 }
 
 /// The Learner loop shared by tuning and pretraining: any model whose steps take
@@ -102,7 +132,7 @@ pub fn fit<B, M>(
     exit_blocks: Vec<usize>,
     run: Run<'_>,
     device: &B::Device,
-) -> M::InnerModule
+) -> Result<M::InnerModule, TrainError>
 where
     B: AutodiffBackend,
     M: TrainStep<Input = ExitBatch<B>, Output = MultiExitOutput<B>>
@@ -118,21 +148,16 @@ where
         config,
         artifact_dir,
         resume_epoch,
+        guard,
     } = run;
     B::seed(device, config.seed);
     let batches_per_epoch = train_set.samples.len().div_ceil(config.batch_size);
-    let clock = EpochClock::new(
-        config.schedule.clone(),
-        exit_blocks.clone(),
-        config.epochs,
-        batches_per_epoch,
-        resume_epoch.unwrap_or(0),
-    );
+    let weights = EpochWeights::new(config.schedule.clone(), exit_blocks.clone(), config.epochs);
     for epoch in 0..config.epochs {
         tracing::info!(
             "epoch {}: exit loss weights {:?}",
             epoch + 1,
-            clock.weights(epoch)
+            weights.weights(epoch)
         );
     }
     let augment = config.augment.then_some(Augment {
@@ -141,27 +166,33 @@ where
     });
     let train_batcher = ExitBatcher {
         preprocess: preprocess.clone(),
-        train: true,
         augment,
-        clock: clock.clone(),
+        weights,
         seed: config.seed,
     };
     let valid_batcher = ExitBatcher {
-        train: false,
         augment: None,
         ..train_batcher.clone()
     };
-    let train_loader = DataLoaderBuilder::new(train_batcher)
-        .batch_size(config.batch_size)
-        .shuffle(config.seed)
-        .num_workers(config.num_workers)
-        .set_device(device.clone())
-        .build(train_set);
-    let valid_loader = DataLoaderBuilder::new(valid_batcher)
-        .batch_size(config.batch_size)
-        .num_workers(config.num_workers)
-        .set_device(device.clone())
-        .build(valid_set);
+    let epochs = EpochCounter::new(resume_epoch.unwrap_or(0));
+    let train_loader = Arc::new(EpochLoader::<B>::new(
+        train_set.samples,
+        train_batcher,
+        config.batch_size,
+        Split::Train,
+        epochs.clone(),
+        config.num_workers,
+        device,
+    ));
+    let valid_loader = Arc::new(EpochLoader::<B::InnerBackend>::new(
+        valid_set.samples,
+        valid_batcher,
+        config.batch_size,
+        Split::Valid,
+        epochs.clone(),
+        config.num_workers,
+        device,
+    ));
 
     let clip =
         (config.grad_clip > 0.0).then_some(GradientClippingConfig::Norm(config.grad_clip as f32));
@@ -178,7 +209,8 @@ where
     );
     let learner = Learner::new(trainee, optim, scheduler);
     let mut training = SupervisedTraining::new(artifact_dir, train_loader, valid_loader)
-        .with_file_checkpointer(NamedMpkFileRecorder::<FullPrecisionSettings>::new())
+        .with_file_checkpointer(CheckpointRecorder::default())
+        .with_interrupter(guard.interrupter())
         .num_epochs(config.epochs)
         // Our binaries install their own tracing subscriber.
         .with_application_logger(None)
@@ -195,5 +227,23 @@ where
     if !std::io::IsTerminal::is_terminal(&std::io::stdout()) {
         training = training.renderer(crate::ProgressLog::default());
     }
-    training.launch(learner).model
+    let model = training.launch(learner).model;
+    match guard.reason() {
+        None => Ok(model),
+        Some(reason) => {
+            let checkpoints = artifact_dir.join("checkpoint");
+            let kept = match crate::last_complete_checkpoint(&checkpoints, CHECKPOINT_EXTENSION) {
+                Some(e) => format!(
+                    "The checkpoint of epoch {e} (the last good state) is kept in {}.",
+                    checkpoints.display()
+                ),
+                None => "No epoch had finished, so there is no checkpoint.".to_string(),
+            };
+            Err(TrainError::NonFiniteLoss {
+                epoch: epochs.started(),
+                reason,
+                kept,
+            })
+        }
+    }
 }

@@ -5,9 +5,12 @@
 //! preprocessing ([`data`], [`transform`]), per-exit metrics shown live, AdamW with warm-up +
 //! cosine, decoupled weight decay on matrices only, gradient clipping, checkpoints and resume.
 
+mod atomic_recorder;
 mod batcher;
+mod epoch_loader;
 mod epoch_metrics;
 mod learner;
+mod loss_guard;
 mod loss_schedule;
 mod lr_schedule;
 mod metrics;
@@ -16,9 +19,14 @@ mod progress_log;
 mod synthetic;
 mod trainee;
 
-pub use batcher::{EpochClock, ExitBatch, ExitBatcher};
+pub use atomic_recorder::{AtomicFileRecorder, PARTIAL_DIR, last_complete_checkpoint};
+pub use batcher::{EpochWeights, ExitBatch, ExitBatcher};
+pub use epoch_loader::{EpochCounter, EpochLoader, Split};
 pub use epoch_metrics::{read_epoch_metrics, write_epoch_metrics};
-pub use learner::{Run, TrainConfig, fit, train};
+pub use learner::{
+    CHECKPOINT_EXTENSION, CheckpointRecorder, Run, TrainConfig, TrainError, fit, train,
+};
+pub use loss_guard::LossGuard;
 pub use loss_schedule::{LossSchedule, PhaseTwo};
 pub use lr_schedule::WarmupCosine;
 pub use metrics::{ExitMetric, ExitMetricKind, HostExits, MultiExitOutput, metric_kinds};

@@ -12,7 +12,7 @@ use crate::batcher::ExitBatch;
 use crate::metrics::MultiExitOutput;
 use crate::synthetic::{SYNTHETIC_CLASSES, synthetic_dataset};
 use crate::trainee::{cross_entropy, exit_loss_steps};
-use crate::{LossSchedule, Run, TrainConfig, fit};
+use crate::{LossGuard, LossSchedule, Run, TrainConfig, TrainError, fit};
 
 /// The embedded demo backbone: a ViT for 32×32 inputs, patch 4 (64 patches + class token),
 /// width 96, 6 blocks of 3 heads: 0.69 M parameters, 0.05 GMACs per image.
@@ -50,6 +50,8 @@ pub struct PretrainTrainee<B: Backend> {
     pub vit: VisionTransformer<B>,
     pub label_smoothing: f64,
     pub weight_decay: f64,
+    #[module(skip)]
+    pub guard: LossGuard,
 }
 
 impl<B: Backend> PretrainTrainee<B> {
@@ -74,7 +76,7 @@ pub fn pretrain<B: AutodiffBackend>(
     config: &PretrainConfig,
     artifact_dir: &Path,
     device: &B::Device,
-) -> (VisionTransformer<B::InnerBackend>, Preprocess) {
+) -> Result<(VisionTransformer<B::InnerBackend>, Preprocess), TrainError> {
     B::seed(device, config.train.seed);
     let size = config.vit.img_size as u32;
     let train_set = synthetic_dataset(config.per_class, size, config.train.seed);
@@ -84,6 +86,7 @@ pub fn pretrain<B: AutodiffBackend>(
         vit: config.vit.init::<B>(device),
         label_smoothing: config.train.label_smoothing,
         weight_decay: config.train.weight_decay,
+        guard: LossGuard::default(),
     };
     let train_config = config.train.clone().with_schedule(LossSchedule::uniform());
     let run = Run {
@@ -93,7 +96,8 @@ pub fn pretrain<B: AutodiffBackend>(
         config: &train_config,
         artifact_dir,
         resume_epoch: None,
+        guard: trainee.guard.clone(),
     };
-    let trained = fit(trainee, vec![config.vit.depth], run, device);
-    (trained.vit, preprocess)
+    let trained = fit(trainee, vec![config.vit.depth], run, device)?;
+    Ok((trained.vit, preprocess))
 }

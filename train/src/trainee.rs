@@ -16,6 +16,9 @@ pub struct Trainee<B: Backend> {
     pub label_smoothing: f64,
     /// Decoupled weight decay, applied to trainable matrices only (not to norms or biases).
     pub weight_decay: f64,
+    /// Stops the run at a non-finite loss.
+    #[module(skip)]
+    pub guard: crate::LossGuard,
 }
 
 impl<B: Backend> Trainee<B> {
@@ -43,8 +46,9 @@ impl<B: Backend> Trainee<B> {
     }
 }
 
-/// The Learner's train and validation steps for a trainee type with a `forward_loss(batch)`
-/// and a `weight_decay` field: backward on the weighted loss, decoupled decay, then AdamW.
+/// The Learner's train and validation steps for a trainee type with a `forward_loss(batch)`,
+/// a `weight_decay` and a `guard` field: backward on the weighted loss (the guard checks it),
+/// decoupled decay, then AdamW.
 macro_rules! exit_loss_steps {
     ($trainee:ident) => {
         impl<B: burn::tensor::backend::AutodiffBackend> burn::train::TrainStep for $trainee<B> {
@@ -56,6 +60,7 @@ macro_rules! exit_loss_steps {
                 batch: $crate::ExitBatch<B>,
             ) -> burn::train::TrainOutput<$crate::MultiExitOutput<B>> {
                 let out = self.forward_loss(batch);
+                self.guard.check(&out.loss);
                 let grads = out.loss.backward();
                 burn::train::TrainOutput::new(self, grads, out)
             }
@@ -71,6 +76,10 @@ macro_rules! exit_loss_steps {
                 O: burn::optim::Optimizer<Self, BB>,
                 Self: burn::module::AutodiffModule<BB>,
             {
+                // A non-finite loss poisons the gradients: keep the last good weights.
+                if self.guard.tripped() {
+                    return self;
+                }
                 let weight_decay = self.weight_decay;
                 $crate::trainee::decay_then_step::<B, BB, _, _>(
                     self,

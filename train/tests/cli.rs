@@ -130,3 +130,94 @@ fn train_writes_a_model_folder_that_infers_with_early_exit() {
         .to_string();
     assert!(msg.contains("cargo xtask calibrate"), "{msg}");
 }
+
+/// `dmpo-train train` on the bar dataset in `dir/data` into `out`, with `extra` arguments.
+fn train_command(dir: &Path, out: &Path, extra: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_dmpo-train"));
+    cmd.args(["train", "--heads", "3", "--epochs", "3", "--batch", "16"])
+        .args(["--exits", "2,4", "--workers", "2", "--budgets", "0.9,1.0"])
+        .args(["--budget", "1.0", "--seed", "5"])
+        .args(extra)
+        .arg("--backbone")
+        .arg(fixture("vit_pico_cls.pth"))
+        .arg("--data")
+        .arg(dir.join("data"))
+        .arg("--out")
+        .arg(out);
+    cmd
+}
+
+/// A safetensors file's header (as JSON, so the metadata's key order does not matter) and its
+/// tensor bytes.
+fn safetensors_content(path: &Path) -> (serde_json::Value, Vec<u8>) {
+    let bytes = std::fs::read(path).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    (header, bytes[8 + n..].to_vec())
+}
+
+#[test]
+fn a_run_killed_mid_epoch_resumes_to_the_same_model_as_an_uninterrupted_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    write_idx(&data, "train", 160);
+    write_idx(&data, "t10k", 40);
+
+    let whole = dir.path().join("whole");
+    let done = train_command(dir.path(), &whole, &[]).output().unwrap();
+    assert!(
+        done.status.success(),
+        "{}",
+        String::from_utf8_lossy(&done.stderr)
+    );
+
+    // The same run, killed (SIGKILL: no clean-up of any kind) once epoch 1's checkpoint is on
+    // disk, that is while epoch 2 trains or its checkpoint is being written.
+    let killed = dir.path().join("killed");
+    let mut child = train_command(dir.path(), &killed, &[])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Model, optimiser and scheduler are written by separate threads: wait for all three.
+    let first: Vec<PathBuf> = ["model", "optim", "scheduler"]
+        .iter()
+        .map(|part| killed.join(format!("training/checkpoint/{part}-1.mpk")))
+        .collect();
+    let start = std::time::Instant::now();
+    while !first.iter().all(|f| f.exists()) {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the run ended before epoch 1's checkpoint"
+        );
+        assert!(
+            start.elapsed().as_secs() < 300,
+            "no checkpoint after 5 minutes"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(
+        !killed.join("trained.safetensors").exists(),
+        "killed too late"
+    );
+
+    let resumed = train_command(dir.path(), &killed, &["--resume"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&resumed.stderr);
+    assert!(resumed.status.success(), "{stderr}");
+    assert!(stderr.contains("resuming after epoch"), "{stderr}");
+    // Bit for bit the same trained add-ons, hence the same evaluation.
+    assert!(
+        safetensors_content(&whole.join("trained.safetensors"))
+            == safetensors_content(&killed.join("trained.safetensors")),
+        "resumed weights differ from the uninterrupted run's"
+    );
+    assert_eq!(
+        std::fs::read_to_string(whole.join("eval.csv")).unwrap(),
+        std::fs::read_to_string(killed.join("eval.csv")).unwrap()
+    );
+}

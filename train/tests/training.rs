@@ -4,12 +4,15 @@
 use std::sync::Arc;
 
 use burn::backend::{Autodiff, NdArray};
-use burn::data::dataloader::batcher::Batcher;
+use burn::data::dataloader::DataLoader;
 use dmpo_infer::data::{ImageDataset, ImageRef, Sample};
 use dmpo_model::Preprocess;
 use dmpo_model::dmpo::DmpoConfig;
 use dmpo_model::vit::VitConfig;
-use dmpo_train::{EpochClock, ExitBatcher, LossSchedule, TrainConfig, Trainee};
+use dmpo_train::{
+    EpochCounter, EpochLoader, EpochWeights, ExitBatch, ExitBatcher, LossGuard, LossSchedule,
+    Split, TrainConfig, TrainError, Trainee,
+};
 use image::{DynamicImage, RgbImage};
 
 type B = Autodiff<NdArray>;
@@ -41,9 +44,10 @@ fn stripes(n: usize) -> ImageDataset {
     }
 }
 
-#[test]
-fn training_lowers_the_loss_and_leaves_the_backbone_alone() {
+/// A tiny two-exit DMPO model (16 px, patch 4, width 24, 4 blocks); the same weights for a seed.
+fn tiny_model(seed: u64) -> dmpo_model::dmpo::DmpoModel<B> {
     let device = Default::default();
+    <B as burn::prelude::Backend>::seed(&device, seed);
     let vit = VitConfig::new()
         .with_img_size(16)
         .with_patch_size(4)
@@ -53,25 +57,66 @@ fn training_lowers_the_loss_and_leaves_the_backbone_alone() {
         .with_mlp_hidden_dim(48)
         .with_num_classes(0)
         .init::<B>(&device);
-    let model = DmpoConfig::new(2)
+    DmpoConfig::new(2)
         .with_exits(vec![2, 4])
         .init(vit, &device)
-        .unwrap();
-    let preprocess = Preprocess::new(16).with_crop_pct(1.0);
+        .unwrap()
+}
+
+fn preprocess() -> Preprocess {
+    Preprocess::new(16).with_crop_pct(1.0)
+}
+
+fn batcher(schedule: LossSchedule, epochs: usize, augment: bool) -> ExitBatcher {
+    ExitBatcher {
+        preprocess: preprocess(),
+        augment: augment.then(Default::default),
+        weights: EpochWeights::new(schedule, vec![2, 4], epochs),
+        seed: 7,
+    }
+}
+
+fn loader(split: Split, epochs: &EpochCounter, n: usize, augment: bool) -> EpochLoader<NdArray> {
+    EpochLoader::new(
+        stripes(n).samples,
+        batcher(LossSchedule::new(), 4, augment),
+        4,
+        split,
+        epochs.clone(),
+        2,
+        &Default::default(),
+    )
+}
+
+/// Every parameter of a model, flattened in visiting order.
+fn parameters(m: &dmpo_model::dmpo::DmpoModel<NdArray>) -> Vec<f32> {
+    use burn::module::{Module, ModuleVisitor, Param};
+    struct Collect(Vec<f32>);
+    impl ModuleVisitor<NdArray> for Collect {
+        fn visit_float<const D: usize>(&mut self, p: &Param<burn::prelude::Tensor<NdArray, D>>) {
+            self.0.extend(p.val().into_data().to_vec::<f32>().unwrap());
+        }
+    }
+    let mut c = Collect(Vec::new());
+    m.visit(&mut c);
+    c.0
+}
+
+#[test]
+fn training_lowers_the_loss_and_leaves_the_backbone_alone() {
+    let device = Default::default();
+    let model = tiny_model(0);
+    let preprocess = preprocess();
     let valid = stripes(32);
-    let eval_batcher = ExitBatcher {
-        preprocess: preprocess.clone(),
-        train: false,
-        augment: None,
-        clock: EpochClock::new(LossSchedule::uniform(), vec![2, 4], 1, 1, 0),
-        seed: 0,
-    };
-    let batch = || Batcher::<NdArray, _, _>::batch(&eval_batcher, valid.samples.clone(), &device);
+    let eval_batcher = batcher(LossSchedule::uniform(), 1, false);
+    let refs: Vec<&dmpo_infer::data::Sample> = valid.samples.iter().collect();
+    let batch = || eval_batcher.batch::<NdArray>(&refs, 0, 0, 1, &device);
     let loss_of = |m: &dmpo_model::dmpo::DmpoModel<NdArray>| {
         let t = Trainee {
             model: m.clone(),
             label_smoothing: 0.0,
             weight_decay: 0.0,
+            guard: LossGuard::default(),
         };
         t.forward_loss(batch()).loss.into_scalar()
     };
@@ -94,7 +139,8 @@ fn training_lowers_the_loss_and_leaves_the_backbone_alone() {
         dir.path(),
         None,
         &device,
-    );
+    )
+    .unwrap();
     let after = loss_of(&trained);
     assert!(after < 0.7 * before, "loss {before} -> {after}");
 
@@ -115,30 +161,163 @@ fn training_lowers_the_loss_and_leaves_the_backbone_alone() {
 
 #[test]
 fn training_batches_carry_the_weights_of_their_epoch() {
-    let device = Default::default();
-    let clock = EpochClock::new(LossSchedule::new(), vec![2, 4], 4, 3, 0);
-    let make = |train: bool| ExitBatcher {
-        preprocess: Preprocess::new(16).with_crop_pct(1.0),
-        train,
-        augment: None,
-        clock: clock.clone(),
-        seed: 0,
-    };
-    let (train, valid) = (make(true), make(false));
-    let items = stripes(2).samples;
-    let mut seen = Vec::new();
-    for _ in 0..12 {
-        let b: dmpo_train::ExitBatch<NdArray> = train.batch(items.clone(), &device);
-        seen.push(b.loss_weights);
-    }
-    // Epochs 0-1 (batches 0-5) favour the deep exit, epochs 2-3 are uniform.
-    assert!(seen[..6].iter().all(|w| (w[0] - 1.0 / 3.0).abs() < 1e-6));
-    assert!(
-        seen[6..].iter().all(|w| (w[0] - 0.5).abs() < 1e-6),
-        "{seen:?}"
+    let epochs = EpochCounter::new(0);
+    let (train, valid) = (
+        loader(Split::Train, &epochs, 8, false),
+        loader(Split::Valid, &epochs, 8, false),
     );
-    // Validation uses the current epoch's weights without advancing the clock.
-    let v: dmpo_train::ExitBatch<NdArray> = valid.batch(items, &device);
-    assert!((v.loss_weights[0] - 0.5).abs() < 1e-6);
-    assert_eq!(clock.epoch(), 3);
+    let weights_of = |l: &EpochLoader<NdArray>| -> Vec<Vec<f32>> {
+        l.iter()
+            .map(|b: ExitBatch<NdArray>| b.loss_weights)
+            .collect()
+    };
+    // 4 epochs of the two-phase schedule: epochs 0-1 favour the deep exit, 2-3 are uniform.
+    for epoch in 0..4 {
+        let seen = weights_of(&train);
+        assert_eq!(seen.len(), 2, "8 samples in batches of 4");
+        let expected = if epoch < 2 { 1.0 / 3.0 } else { 0.5 };
+        assert!(
+            seen.iter().all(|w| (w[0] - expected).abs() < 1e-6),
+            "epoch {epoch}: {seen:?}"
+        );
+        // Validation uses the epoch just trained without starting another.
+        let v = weights_of(&valid);
+        assert!(v.iter().all(|w| (w[0] - expected).abs() < 1e-6));
+    }
+    assert_eq!(epochs.started(), 4);
+}
+
+/// The pixels and labels of every batch of the loader's next epoch.
+fn epoch_contents(l: &EpochLoader<NdArray>) -> Vec<(Vec<f32>, Vec<i64>)> {
+    l.iter()
+        .map(|b: ExitBatch<NdArray>| {
+            (
+                b.images.into_data().to_vec().unwrap(),
+                b.targets.into_data().to_vec().unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn an_epoch_is_the_same_whether_or_not_the_run_was_resumed() {
+    // Uninterrupted: epochs 0, 1, 2 in a row.
+    let fresh = loader(Split::Train, &EpochCounter::new(0), 24, true);
+    let uninterrupted: Vec<_> = (0..3).map(|_| epoch_contents(&fresh)).collect();
+    // Resumed after 2 epochs: a new loader whose first epoch is epoch 2.
+    let resumed = loader(Split::Train, &EpochCounter::new(2), 24, true);
+    assert_eq!(epoch_contents(&resumed), uninterrupted[2]);
+    // Epochs differ from one another (the order is shuffled and the crops are random), and a
+    // batch is made the same by one worker thread or several.
+    assert_ne!(uninterrupted[0], uninterrupted[1]);
+    let single = EpochLoader::new(
+        stripes(24).samples,
+        batcher(LossSchedule::new(), 4, true),
+        4,
+        Split::Train,
+        EpochCounter::new(1),
+        1,
+        &Default::default(),
+    );
+    assert_eq!(epoch_contents(&single), uninterrupted[1]);
+}
+
+fn train_config(epochs: usize) -> TrainConfig {
+    TrainConfig::new()
+        .with_epochs(epochs)
+        .with_batch_size(16)
+        .with_lr(5e-3)
+        .with_num_workers(2)
+}
+
+#[test]
+fn resuming_gives_the_same_model_as_an_uninterrupted_run() {
+    let device = Default::default();
+    let config = train_config(3);
+    let whole = tempfile::tempdir().unwrap();
+    let uninterrupted = dmpo_train::train(
+        tiny_model(0),
+        stripes(64),
+        stripes(16),
+        &preprocess(),
+        &config,
+        whole.path(),
+        None,
+        &device,
+    )
+    .unwrap();
+
+    // The same run stopped after epoch 2 leaves exactly that epoch's checkpoint: resume from
+    // it in a fresh directory, with a fresh loader and a freshly built model.
+    let resumed_dir = tempfile::tempdir().unwrap();
+    let checkpoints = resumed_dir.path().join("checkpoint");
+    std::fs::create_dir_all(&checkpoints).unwrap();
+    for part in ["model", "optim", "scheduler"] {
+        let name = format!("{part}-2.mpk");
+        std::fs::copy(
+            whole.path().join("checkpoint").join(&name),
+            checkpoints.join(&name),
+        )
+        .unwrap();
+    }
+    let resumed = dmpo_train::train(
+        tiny_model(0),
+        stripes(64),
+        stripes(16),
+        &preprocess(),
+        &config,
+        resumed_dir.path(),
+        Some(2),
+        &device,
+    )
+    .unwrap();
+    let (a, b) = (parameters(&uninterrupted), parameters(&resumed));
+    let differing = a.iter().zip(&b).filter(|(x, y)| x != y).count();
+    assert_eq!(differing, 0, "{differing} of {} parameters differ", a.len());
+    // And training did change the add-ons (the comparison is not between two untouched models).
+    assert_ne!(
+        a,
+        parameters(&burn::module::AutodiffModule::valid(&tiny_model(0)))
+    );
+}
+
+#[test]
+fn a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint() {
+    let device = Default::default();
+    let dir = tempfile::tempdir().unwrap();
+    let run = |preprocess: &Preprocess, epochs: usize, resume: Option<usize>| {
+        dmpo_train::train(
+            tiny_model(0),
+            stripes(32),
+            stripes(8),
+            preprocess,
+            &train_config(epochs),
+            dir.path(),
+            resume,
+            &device,
+        )
+    };
+    run(&preprocess(), 1, None).unwrap();
+    let good = dir.path().join("checkpoint/model-1.mpk");
+    let before = std::fs::read(&good).unwrap();
+
+    // Epoch 2 with a normalisation that divides by zero: every loss is NaN.
+    let poisoned = preprocess().with_std([0.0; 3]);
+    let err = run(&poisoned, 2, Some(1)).unwrap_err();
+    let message = err.to_string();
+    assert!(
+        matches!(err, TrainError::NonFiniteLoss { epoch: 2, .. }),
+        "{message}"
+    );
+    assert!(
+        message.contains("NaN") || message.contains("inf"),
+        "{message}"
+    );
+    assert!(message.contains("checkpoint of epoch 1"), "{message}");
+    assert_eq!(
+        std::fs::read(&good).unwrap(),
+        before,
+        "the good checkpoint was touched"
+    );
+    assert!(!dir.path().join("checkpoint/model-2.mpk").exists());
 }

@@ -178,7 +178,7 @@ fn run(cli: Cli) -> Result<(), Error> {
             let device = backend::device();
             let artifacts =
                 std::env::temp_dir().join(format!("dmpo-pretrain-{}", std::process::id()));
-            let (vit, preprocess) = pretrain::<TrainBackend>(&recipe, &artifacts, &device);
+            let (vit, preprocess) = pretrain::<TrainBackend>(&recipe, &artifacts, &device)?;
             let source = "cargo xtask pretrain: formula-driven synthetic patterns (train/src/synthetic.rs), recipe in pretrain.json";
             save_backbone(&out, &recipe.vit, &preprocess, vit, source)?;
             dmpo_import::write_atomic(&out.join("pretrain.json"), recipe.to_string().as_bytes())?;
@@ -195,20 +195,6 @@ fn run(cli: Cli) -> Result<(), Error> {
 }
 
 /// The last epoch with a complete checkpoint in `dir`, if any.
-fn last_checkpoint(dir: &Path) -> Option<usize> {
-    std::fs::read_dir(dir.join("checkpoint"))
-        .ok()?
-        .filter_map(|e| e.ok())
-        .filter_map(|e| {
-            let name = e.file_name().to_str()?.to_string();
-            name.strip_prefix("model-")?
-                .strip_suffix(".mpk")?
-                .parse()
-                .ok()
-        })
-        .max()
-}
-
 fn datasets(a: &RunArgs) -> Result<(ImageDataset, ImageDataset, ImageDataset), Error> {
     let mut s = load_splits(&a.data)?;
     if a.per_class > 0 {
@@ -263,6 +249,8 @@ fn tune(a: &RunArgs, baseline: bool, resume: bool, out: &Path) -> Result<EvalRep
             .with_dim(a.adapter_dim)
             .with_scale(a.adapter_scale.unwrap_or(if demo { 1.0 } else { 0.1 })),
     );
+    // Seeded before the add-ons are initialised: the same seed gives the same run.
+    <TrainBackend as burn::prelude::Backend>::seed(&device, a.seed);
     let model: DmpoModel<TrainBackend> = dmpo.init(backbone, &device)?;
     let counts = model.param_counts();
     tracing::info!(
@@ -294,7 +282,10 @@ fn tune(a: &RunArgs, baseline: bool, resume: bool, out: &Path) -> Result<EvalRep
         .with_augment(!a.no_augment);
     let artifacts = out.join("training");
     let resume_epoch = if resume {
-        last_checkpoint(&artifacts)
+        dmpo_train::last_complete_checkpoint(
+            &artifacts.join("checkpoint"),
+            dmpo_train::CHECKPOINT_EXTENSION,
+        )
     } else {
         None
     };
@@ -310,7 +301,7 @@ fn tune(a: &RunArgs, baseline: bool, resume: bool, out: &Path) -> Result<EvalRep
         &artifacts,
         resume_epoch,
         &device,
-    );
+    )?;
     dmpo_train::write_epoch_metrics(&artifacts, out)?;
     let binding = TrainedBinding::new(&dmpo, &info.vit, &trained);
     save_trained(&out.join(TRAINED_FILE), &trained, &binding)?;

@@ -1,0 +1,186 @@
+//! The training data loader: every epoch's order and augmentation are a function of
+//! `(seed, epoch)` alone.
+//!
+//! Burn's shuffling loader draws each epoch's order from one generator that lives as long as the
+//! loader, and its worker threads hand batches over in whatever order they finish: a resumed
+//! run would see the first epoch's order again and batches in another sequence than the
+//! uninterrupted run. Here the order is a permutation keyed on the epoch, one producer thread
+//! makes the batches in that order (decoding each batch's images on several threads), and keeps
+//! two ready ahead of the device.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{Receiver, sync_channel};
+
+use burn::data::dataloader::{DataLoader, DataLoaderIterator, Progress};
+use burn::prelude::*;
+use rand::SeedableRng;
+use rand::seq::SliceRandom;
+
+use crate::batcher::{ExitBatch, ExitBatcher, mix};
+use dmpo_infer::data::Sample;
+
+/// Batches made ahead of the one being consumed.
+const PREFETCH: usize = 2;
+
+/// The training epochs started so far, shared by the training loader (which advances it) and
+/// the validation loader (which uses the weights of the epoch just trained).
+#[derive(Debug, Clone, Default)]
+pub struct EpochCounter(Arc<AtomicUsize>);
+
+impl EpochCounter {
+    /// `started` > 0 when resuming after that many epochs.
+    pub fn new(started: usize) -> Self {
+        Self(Arc::new(AtomicUsize::new(started)))
+    }
+
+    /// Epochs started so far.
+    pub fn started(&self) -> usize {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// Whether iterating the loader starts a training epoch or validates the current one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Split {
+    /// Shuffled per epoch; each iteration starts the next epoch.
+    Train,
+    /// In order; uses the loss weights of the last epoch started.
+    Valid,
+}
+
+/// A [`DataLoader`] of [`ExitBatch`]es for Burn's Learner.
+pub struct EpochLoader<B: Backend> {
+    samples: Arc<[Sample]>,
+    batcher: Arc<ExitBatcher>,
+    batch_size: usize,
+    split: Split,
+    epochs: EpochCounter,
+    /// Threads decoding one batch's images.
+    workers: usize,
+    device: B::Device,
+}
+
+impl<B: Backend> Clone for EpochLoader<B> {
+    fn clone(&self) -> Self {
+        Self {
+            samples: self.samples.clone(),
+            batcher: self.batcher.clone(),
+            batch_size: self.batch_size,
+            split: self.split,
+            epochs: self.epochs.clone(),
+            workers: self.workers,
+            device: self.device.clone(),
+        }
+    }
+}
+
+impl<B: Backend> EpochLoader<B> {
+    pub fn new(
+        samples: Vec<Sample>,
+        batcher: ExitBatcher,
+        batch_size: usize,
+        split: Split,
+        epochs: EpochCounter,
+        workers: usize,
+        device: &B::Device,
+    ) -> Self {
+        Self {
+            samples: samples.into(),
+            batcher: Arc::new(batcher),
+            batch_size: batch_size.max(1),
+            split,
+            epochs,
+            workers: workers.max(1),
+            device: device.clone(),
+        }
+    }
+
+    /// The order of the samples in `epoch`: a permutation keyed on the seed and the epoch for
+    /// training, the stored order for validation.
+    pub fn order(&self, epoch: usize) -> Vec<usize> {
+        let mut order: Vec<usize> = (0..self.samples.len()).collect();
+        if self.split == Split::Train {
+            let key = mix(self.batcher.seed, epoch as u64, u64::MAX);
+            order.shuffle(&mut rand::rngs::StdRng::seed_from_u64(key));
+        }
+        order
+    }
+}
+
+impl<B: Backend> DataLoader<B, ExitBatch<B>> for EpochLoader<B> {
+    fn iter<'a>(&'a self) -> Box<dyn DataLoaderIterator<ExitBatch<B>> + 'a> {
+        let epoch = match self.split {
+            Split::Train => self.epochs.0.fetch_add(1, Ordering::SeqCst),
+            Split::Valid => self.epochs.started().saturating_sub(1),
+        };
+        let order = self.order(epoch);
+        let total = order.len();
+        let (tx, rx) = sync_channel(PREFETCH);
+        let loader = self.clone();
+        std::thread::Builder::new()
+            .name(format!("loader-epoch-{}", epoch + 1))
+            .spawn(move || {
+                for (b, chunk) in order.chunks(loader.batch_size).enumerate() {
+                    let samples: Vec<&Sample> = chunk.iter().map(|&i| &loader.samples[i]).collect();
+                    let first = b * loader.batch_size;
+                    let batch = loader.batcher.batch::<B>(
+                        &samples,
+                        epoch,
+                        first,
+                        loader.workers,
+                        &loader.device,
+                    );
+                    let done = first + chunk.len();
+                    // A batch of only unreadable images has nothing to train on.
+                    if batch.targets.dims()[0] > 0 && tx.send((done, batch)).is_err() {
+                        // The consumer stopped early (interrupted run).
+                        break;
+                    }
+                }
+            })
+            .expect("spawning the data loader thread");
+        Box::new(EpochIter { rx, done: 0, total })
+    }
+
+    fn num_items(&self) -> usize {
+        self.samples.len()
+    }
+
+    fn to_device(&self, device: &B::Device) -> Arc<dyn DataLoader<B, ExitBatch<B>>> {
+        Arc::new(Self {
+            device: device.clone(),
+            ..self.clone()
+        })
+    }
+
+    fn slice(&self, start: usize, end: usize) -> Arc<dyn DataLoader<B, ExitBatch<B>>> {
+        let end = end.min(self.samples.len());
+        Arc::new(Self {
+            samples: self.samples[start.min(end)..end].to_vec().into(),
+            ..self.clone()
+        })
+    }
+}
+
+struct EpochIter<O> {
+    rx: Receiver<(usize, O)>,
+    done: usize,
+    total: usize,
+}
+
+impl<O> Iterator for EpochIter<O> {
+    type Item = O;
+
+    fn next(&mut self) -> Option<O> {
+        let (done, batch) = self.rx.recv().ok()?;
+        self.done = done;
+        Some(batch)
+    }
+}
+
+impl<O> DataLoaderIterator<O> for EpochIter<O> {
+    fn progress(&self) -> Progress {
+        Progress::new(self.done, self.total)
+    }
+}
