@@ -27,7 +27,7 @@ impl Default for Augment {
 /// Evaluation: shorter side to `input_size / crop_pct` (bicubic), centre crop `input_size`.
 pub fn eval_transform(img: &DynamicImage, p: &Preprocess) -> Vec<f32> {
     let size = p.input_size as u32;
-    let rgb = img.to_rgb8();
+    let rgb = centre_of_elongated(img.to_rgb8());
     let scale_to = ((p.input_size as f64 / p.crop_pct).floor() as u32).max(size);
     let (w, h) = rgb.dimensions();
     let (nw, nh) = if w <= h {
@@ -49,6 +49,27 @@ pub fn eval_transform(img: &DynamicImage, p: &Preprocess) -> Vec<f32> {
     let (x, y) = ((nw - size) / 2, (nh - size) / 2);
     let cropped = image::imageops::crop_imm(&resized, x, y, size, size).to_image();
     normalise(&cropped, p)
+}
+
+/// Longest side kept, as a multiple of the shorter one, before the evaluation resize.
+const MAX_ASPECT: u32 = 16;
+
+/// A very elongated image (say 60 000 × 2) would be resized whole into a strip of billions of
+/// pixels before its centre is cropped. Cut the centre first, keeping [`MAX_ASPECT`] times the
+/// short side: far more than the square crop uses, so the result is unchanged (up to the
+/// rounding of the centre) and ordinary images are not touched at all.
+fn centre_of_elongated(rgb: RgbImage) -> RgbImage {
+    let (w, h) = rgb.dimensions();
+    let keep = |short: u32| short.max(1).saturating_mul(MAX_ASPECT);
+    if w > keep(h) {
+        let k = keep(h);
+        image::imageops::crop_imm(&rgb, (w - k) / 2, 0, k, h).to_image()
+    } else if h > keep(w) {
+        let k = keep(w);
+        image::imageops::crop_imm(&rgb, 0, (h - k) / 2, w, k).to_image()
+    } else {
+        rgb
+    }
 }
 
 /// Training: random resized crop (area fraction in [min_scale, 1], aspect in [3/4, 4/3]) to
@@ -120,6 +141,18 @@ mod tests {
         let mut rng = rand::rngs::StdRng::seed_from_u64(0);
         let out = train_transform(&grey, &p, &Augment::default(), &mut rng);
         assert_eq!(out.len(), 3 * 32 * 32);
+    }
+
+    #[test]
+    fn an_extremely_elongated_image_is_cropped_before_it_is_resized() {
+        // Resized whole, this would be a strip of almost two gigapixels.
+        let img = DynamicImage::ImageRgb8(RgbImage::from_pixel(60_000, 2, image::Rgb([9, 9, 9])));
+        let p = Preprocess::new(224);
+        let x = eval_transform(&img, &p);
+        assert_eq!(x.len(), 3 * 224 * 224);
+        // And a moderately wide one is untouched by the guard.
+        let wide = RgbImage::from_pixel(160, 10, image::Rgb([1, 2, 3]));
+        assert_eq!(centre_of_elongated(wide.clone()), wide);
     }
 
     #[test]

@@ -252,3 +252,13 @@ fn empty_truncated_and_oversized_images_are_refused_by_name() {
         "{err}"
     );
 }
+
+#[test]
+fn what_the_fuzzer_found_stays_fixed() {
+    use dmpo_infer::data::decode_file;
+    // A 51-byte GIF whose screen is 12031 x 0: the evaluation resize divided by the zero side
+    // and asked for a 219 GB buffer (found by `cargo fuzz run image`, docs/reliability.md).
+    let path = hostile("fuzz_gif_zero_height.gif");
+    let err = decode_file(&path).unwrap_err().to_string();
+    assert!(err.contains("has no pixels"), "{err}");
+}

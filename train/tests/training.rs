@@ -321,3 +321,28 @@ fn a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint() {
     );
     assert!(!dir.path().join("checkpoint/model-2.mpk").exists());
 }
+
+#[test]
+fn an_unreadable_image_is_skipped_and_the_batch_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let broken = dir.path().join("broken.png");
+    std::fs::write(&broken, b"\x89PNG\r\n\x1a\n truncated").unwrap();
+    let mut samples = stripes(7).samples;
+    samples.insert(
+        3,
+        dmpo_infer::data::Sample {
+            image: ImageRef::File(broken),
+            label: 1,
+        },
+    );
+    let refs: Vec<&dmpo_infer::data::Sample> = samples.iter().collect();
+    let batch =
+        batcher(LossSchedule::new(), 4, true).batch::<NdArray>(&refs, 0, 0, 2, &Default::default());
+    assert_eq!(batch.images.dims(), [7, 3, 16, 16]);
+    let labels: Vec<i64> = batch.targets.into_data().to_vec().unwrap();
+    assert_eq!(
+        labels,
+        vec![0, 1, 0, 1, 0, 1, 0],
+        "the others keep their order"
+    );
+}

@@ -43,6 +43,20 @@ enum Command {
         #[arg(long)]
         all: bool,
     },
+    /// Time the full-depth forward pass on random images: prints images/s (median over the
+    /// timed passes), for comparison with PyTorch (`benches/bench_vs_torch.py`).
+    Bench {
+        #[command(flatten)]
+        source: Source,
+        #[arg(long, default_value_t = 16)]
+        batch: usize,
+        /// Untimed passes first (the backend compiles / allocates for the shape).
+        #[arg(long, default_value_t = 2)]
+        warmup: usize,
+        /// Timed passes.
+        #[arg(long, default_value_t = 5)]
+        iters: usize,
+    },
 }
 
 #[derive(Args)]
@@ -167,6 +181,54 @@ fn run(cli: Cli) -> Result<(), ImportError> {
             }
             dmpo_import::write_safetensors(&output, &result)?;
             tracing::info!("wrote {}", output.display());
+        }
+        Command::Bench {
+            source,
+            batch,
+            warmup,
+            iters,
+        } => {
+            let (info, model) =
+                dmpo_import::load_any::<Backend>(&source.weights, &source.options(), &device)?;
+            let v = &info.vit;
+            let x = Tensor::<Backend, 4>::random(
+                [batch.max(1), v.in_chans, v.img_size, v.img_size],
+                burn::tensor::Distribution::Normal(0.0, 1.0),
+                &device,
+            );
+            // Reading the logits back waits for the device: each pass is timed to completion.
+            let pass = || model.forward(x.clone()).into_data();
+            for _ in 0..warmup {
+                pass();
+            }
+            let mut seconds: Vec<f64> = (0..iters.max(1))
+                .map(|_| {
+                    let start = std::time::Instant::now();
+                    pass();
+                    start.elapsed().as_secs_f64()
+                })
+                .collect();
+            seconds.sort_by(f64::total_cmp);
+            let median = seconds[seconds.len() / 2];
+            tracing::info!(
+                "{} on {}: batch {batch}, median {:.1} ms over {} passes",
+                source.weights.display(),
+                backend::NAME,
+                median * 1e3,
+                seconds.len()
+            );
+            // The one machine-readable line, on stdout.
+            let line = format!(
+                "{{\"backend\":\"{}\",\"batch\":{batch},\"median_s\":{median},\"images_per_s\":{}}}\n",
+                backend::NAME,
+                batch as f64 / median
+            );
+            std::io::Write::write_all(&mut std::io::stdout(), line.as_bytes()).map_err(
+                |source| ImportError::Io {
+                    path: "<stdout>".into(),
+                    source,
+                },
+            )?;
         }
     }
     Ok(())

@@ -64,6 +64,9 @@ pub fn decode_file(path: &Path) -> Result<DynamicImage, DataError> {
             .map_err(|e| err(e.to_string()))
     };
     let (w, h) = open()?.into_dimensions().map_err(|e| err(e.to_string()))?;
+    if w == 0 || h == 0 {
+        return Err(err(format!("{w}x{h}: the image has no pixels")));
+    }
     if u64::from(w) * u64::from(h) > MAX_IMAGE_PIXELS {
         return Err(err(format!(
             "{w}x{h} pixels is over the limit of {MAX_IMAGE_PIXELS} (a decompression bomb?)"
@@ -73,7 +76,16 @@ pub fn decode_file(path: &Path) -> Result<DynamicImage, DataError> {
     let mut limits = image::Limits::default();
     limits.max_alloc = Some(u64::from(w) * u64::from(h) * 16 + (1 << 20));
     reader.limits(limits);
-    reader.decode().map_err(|e| err(e.to_string()))
+    let img = reader.decode().map_err(|e| err(e.to_string()))?;
+    // A container can declare one size and hold a frame of another (GIF's logical screen).
+    if img.width() == 0 || img.height() == 0 {
+        return Err(err(format!(
+            "{}x{}: the image has no pixels",
+            img.width(),
+            img.height()
+        )));
+    }
+    Ok(img)
 }
 
 /// One labelled image.

@@ -194,7 +194,7 @@ fn run(cli: Cli) -> Result<(), Error> {
     Ok(())
 }
 
-/// The last epoch with a complete checkpoint in `dir`, if any.
+/// The training, held-out and test splits the arguments ask for.
 fn datasets(a: &RunArgs) -> Result<(ImageDataset, ImageDataset, ImageDataset), Error> {
     let mut s = load_splits(&a.data)?;
     if a.per_class > 0 {
