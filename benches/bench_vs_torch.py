@@ -3,7 +3,7 @@
 
 For each architecture and batch size: timm builds the model with random weights (seeded), the
 weights are saved as safetensors, PyTorch is timed (fp32, inference mode, the given thread
-count), then our `dmpo-import bench` imports the same file and is timed the same way (median
+count), then our `dmpo-import bench-vit` imports the same file and is timed the same way (median
 of the timed passes, after warm-up). Prints a table and writes bench_vs_torch.{csv,json}.
 
     cargo build --release -p dmpo-import        # add --no-default-features --features ... for
@@ -43,7 +43,7 @@ def torch_images_per_s(model, batch, size, warmup, iters):
 def ours_images_per_s(binary, weights, arch, batch, warmup, iters, threads):
     env = dict(os.environ, RAYON_NUM_THREADS=str(threads))
     out = subprocess.run(
-        [binary, "bench", "--weights", weights, "--arch", arch, "--batch", str(batch),
+        [binary, "bench-vit", "--weights", weights, "--arch", arch, "--batch", str(batch),
          "--warmup", str(warmup), "--iters", str(iters)],
         check=True, capture_output=True, text=True, env=env)
     line = [l for l in out.stdout.splitlines() if l.startswith("{")][-1]

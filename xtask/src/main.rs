@@ -65,6 +65,13 @@ const TASKS: &[(&str, &str, &str, &str, &str)] = &[
         "images/s and latency, full depth vs early exit",
     ),
     (
+        "bench-vit",
+        "dmpo-import",
+        "dmpo-import",
+        "",
+        "full-depth ViT images/s on random input (vs PyTorch: benches/bench_vs_torch.py)",
+    ),
+    (
         "import",
         "dmpo-import",
         "dmpo-import",

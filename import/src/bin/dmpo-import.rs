@@ -45,7 +45,7 @@ enum Command {
     },
     /// Time the full-depth forward pass on random images: prints images/s (median over the
     /// timed passes), for comparison with PyTorch (`benches/bench_vs_torch.py`).
-    Bench {
+    BenchVit {
         #[command(flatten)]
         source: Source,
         #[arg(long, default_value_t = 16)]
@@ -182,7 +182,7 @@ fn run(cli: Cli) -> Result<(), ImportError> {
             dmpo_import::write_safetensors(&output, &result)?;
             tracing::info!("wrote {}", output.display());
         }
-        Command::Bench {
+        Command::BenchVit {
             source,
             batch,
             warmup,
