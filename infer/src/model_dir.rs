@@ -86,12 +86,7 @@ pub fn read_model_info(dir: &Path) -> Result<ModelInfo, ImportError> {
         return Err(bad(format!("unknown field `{key}`")));
     }
     info.preprocess.validate().map_err(bad)?;
-    let exits = &info.dmpo.exits;
-    if exits.first() == Some(&0) || exits.windows(2).any(|w| w[0] >= w[1]) {
-        return Err(bad(format!(
-            "dmpo.exits {exits:?} must be strictly increasing block numbers from 1"
-        )));
-    }
+    dmpo_model::dmpo::check_exit_order(&info.dmpo.exits).map_err(|e| bad(format!("dmpo.{e}")))?;
     if info.format != FORMAT {
         return Err(bad(format!(
             "format is `{}`, expected `{FORMAT}`",

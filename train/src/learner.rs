@@ -16,7 +16,7 @@ use crate::batcher::{EpochWeights, ExitBatch, ExitBatcher};
 use crate::epoch_loader::{EpochCounter, EpochLoader, Split};
 use crate::loss_guard::LossGuard;
 use crate::metrics::{ExitMetric, MultiExitOutput, metric_kinds};
-use crate::trainee::Trainee;
+use crate::trainee::{Guarded, Trainee};
 use crate::{LossSchedule, WarmupCosine};
 use dmpo_infer::data::ImageDataset;
 use dmpo_infer::transform::Augment;
@@ -94,12 +94,11 @@ pub fn train<B: AutodiffBackend>(
     device: &B::Device,
 ) -> Result<DmpoModel<B::InnerBackend>, TrainError> {
     let exit_blocks = model.exits.clone();
-    let guard = LossGuard::default();
     let trainee = Trainee {
         model,
         label_smoothing: config.label_smoothing,
         weight_decay: config.weight_decay,
-        guard: guard.clone(),
+        guard: LossGuard::default(),
     };
     let run = Run {
         train_set,
@@ -108,7 +107,6 @@ pub fn train<B: AutodiffBackend>(
         config,
         artifact_dir,
         resume_epoch,
-        guard,
     };
     Ok(fit(trainee, exit_blocks, run, device)?.model)
 }
@@ -121,8 +119,6 @@ pub struct Run<'a> {
     pub config: &'a TrainConfig,
     pub artifact_dir: &'a Path,
     pub resume_epoch: Option<usize>,
-    /// The same guard the trainee checks its losses with.
-    pub guard: LossGuard,
 }
 
 /// The Learner loop shared by tuning and pretraining: any model whose steps take
@@ -137,6 +133,7 @@ where
     B: AutodiffBackend,
     M: TrainStep<Input = ExitBatch<B>, Output = MultiExitOutput<B>>
         + AutodiffModule<B>
+        + Guarded
         + core::fmt::Display
         + 'static,
     M::InnerModule: InferenceStep<Input = ExitBatch<B::InnerBackend>, Output = MultiExitOutput<B::InnerBackend>>,
@@ -148,8 +145,8 @@ where
         config,
         artifact_dir,
         resume_epoch,
-        guard,
     } = run;
+    let guard = trainee.guard().clone();
     B::seed(device, config.seed);
     let batches_per_epoch = train_set.samples.len().div_ceil(config.batch_size);
     let weights = EpochWeights::new(config.schedule.clone(), exit_blocks.clone(), config.epochs);

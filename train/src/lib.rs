@@ -33,4 +33,4 @@ pub use metrics::{ExitMetric, ExitMetricKind, HostExits, MultiExitOutput, metric
 pub use pretrain::{PretrainConfig, PretrainTrainee, demo_vit_config, pretrain};
 pub use progress_log::ProgressLog;
 pub use synthetic::{SYNTHETIC_CLASSES, render, synthetic_dataset};
-pub use trainee::Trainee;
+pub use trainee::{Guarded, Trainee};

@@ -96,7 +96,6 @@ pub fn pretrain<B: AutodiffBackend>(
         config: &train_config,
         artifact_dir,
         resume_epoch: None,
-        guard: trainee.guard.clone(),
     };
     let trained = fit(trainee, vec![config.vit.depth], run, device)?;
     Ok((trained.vit, preprocess))

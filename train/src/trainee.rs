@@ -51,6 +51,12 @@ impl<B: Backend> Trainee<B> {
 /// decoupled decay, then AdamW.
 macro_rules! exit_loss_steps {
     ($trainee:ident) => {
+        impl<B: burn::prelude::Backend> $crate::trainee::Guarded for $trainee<B> {
+            fn guard(&self) -> &$crate::LossGuard {
+                &self.guard
+            }
+        }
+
         impl<B: burn::tensor::backend::AutodiffBackend> burn::train::TrainStep for $trainee<B> {
             type Input = $crate::ExitBatch<B>;
             type Output = $crate::MultiExitOutput<B>;
@@ -102,6 +108,12 @@ macro_rules! exit_loss_steps {
     };
 }
 pub(crate) use exit_loss_steps;
+
+/// A trainee whose steps check their losses with a [`LossGuard`](crate::LossGuard): the Learner
+/// loop stops on the same guard.
+pub trait Guarded {
+    fn guard(&self) -> &crate::LossGuard;
+}
 
 exit_loss_steps!(Trainee);
 

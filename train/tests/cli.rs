@@ -57,27 +57,16 @@ fn train_writes_a_model_folder_that_infers_with_early_exit() {
     write_idx(&data, "train", 200);
     write_idx(&data, "t10k", 60);
     let out = dir.path().join("model");
-    let status = Command::new(env!("CARGO_BIN_EXE_dmpo-train"))
+    let status = train_command(dir.path(), &out)
         .args([
-            "train",
-            "--heads",
-            "3",
             "--epochs",
             "2",
             "--batch",
             "32",
-            "--exits",
-            "2,4",
             "--workers",
             "1",
+            "--no-augment",
         ])
-        .args(["--budgets", "0.9,1.0", "--budget", "1.0", "--no-augment"])
-        .arg("--backbone")
-        .arg(fixture("vit_pico_cls.pth"))
-        .arg("--data")
-        .arg(&data)
-        .arg("--out")
-        .arg(&out)
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&status.stderr);
@@ -131,19 +120,34 @@ fn train_writes_a_model_folder_that_infers_with_early_exit() {
     assert!(msg.contains("cargo xtask calibrate"), "{msg}");
 }
 
-/// `dmpo-train train` on the bar dataset in `dir/data` into `out`, with `extra` arguments.
-fn train_command(dir: &Path, out: &Path, extra: &[&str]) -> Command {
+/// `dmpo-train train` of the pico backbone on the bar dataset in `dir/data` into `out`, with
+/// two exits and a 100 % budget; callers add the training length and anything else.
+fn train_command(dir: &Path, out: &Path) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_dmpo-train"));
-    cmd.args(["train", "--heads", "3", "--epochs", "3", "--batch", "16"])
-        .args(["--exits", "2,4", "--workers", "2", "--budgets", "0.9,1.0"])
-        .args(["--budget", "1.0", "--seed", "5"])
-        .args(extra)
+    cmd.args(["train", "--heads", "3", "--exits", "2,4"])
+        .args(["--budgets", "0.9,1.0", "--budget", "1.0"])
         .arg("--backbone")
         .arg(fixture("vit_pico_cls.pth"))
         .arg("--data")
         .arg(dir.join("data"))
         .arg("--out")
         .arg(out);
+    cmd
+}
+
+/// The resume test's run: 3 epochs, augmented, two loader workers, a fixed seed.
+fn resumable_run(dir: &Path, out: &Path) -> Command {
+    let mut cmd = train_command(dir, out);
+    cmd.args([
+        "--epochs",
+        "3",
+        "--batch",
+        "16",
+        "--workers",
+        "2",
+        "--seed",
+        "5",
+    ]);
     cmd
 }
 
@@ -165,7 +169,7 @@ fn a_run_killed_mid_epoch_resumes_to_the_same_model_as_an_uninterrupted_one() {
     write_idx(&data, "t10k", 40);
 
     let whole = dir.path().join("whole");
-    let done = train_command(dir.path(), &whole, &[]).output().unwrap();
+    let done = resumable_run(dir.path(), &whole).output().unwrap();
     assert!(
         done.status.success(),
         "{}",
@@ -175,7 +179,7 @@ fn a_run_killed_mid_epoch_resumes_to_the_same_model_as_an_uninterrupted_one() {
     // The same run, killed (SIGKILL: no clean-up of any kind) once epoch 1's checkpoint is on
     // disk, that is while epoch 2 trains or its checkpoint is being written.
     let killed = dir.path().join("killed");
-    let mut child = train_command(dir.path(), &killed, &[])
+    let mut child = resumable_run(dir.path(), &killed)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -204,7 +208,8 @@ fn a_run_killed_mid_epoch_resumes_to_the_same_model_as_an_uninterrupted_one() {
         "killed too late"
     );
 
-    let resumed = train_command(dir.path(), &killed, &["--resume"])
+    let resumed = resumable_run(dir.path(), &killed)
+        .arg("--resume")
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&resumed.stderr);

@@ -63,9 +63,10 @@ pub fn decode_file(path: &Path) -> Result<DynamicImage, DataError> {
             .with_guessed_format()
             .map_err(|e| err(e.to_string()))
     };
+    let no_pixels = |w: u32, h: u32| err(format!("{w}x{h}: the image has no pixels"));
     let (w, h) = open()?.into_dimensions().map_err(|e| err(e.to_string()))?;
     if w == 0 || h == 0 {
-        return Err(err(format!("{w}x{h}: the image has no pixels")));
+        return Err(no_pixels(w, h));
     }
     if u64::from(w) * u64::from(h) > MAX_IMAGE_PIXELS {
         return Err(err(format!(
@@ -79,11 +80,7 @@ pub fn decode_file(path: &Path) -> Result<DynamicImage, DataError> {
     let img = reader.decode().map_err(|e| err(e.to_string()))?;
     // A container can declare one size and hold a frame of another (GIF's logical screen).
     if img.width() == 0 || img.height() == 0 {
-        return Err(err(format!(
-            "{}x{}: the image has no pixels",
-            img.width(),
-            img.height()
-        )));
+        return Err(no_pixels(img.width(), img.height()));
     }
     Ok(img)
 }

@@ -95,11 +95,7 @@ impl DmpoConfig {
     /// act on.
     pub fn validate(&self, depth: usize) -> Result<(), String> {
         let exits = self.exit_blocks(depth);
-        if exits.windows(2).any(|w| w[0] >= w[1]) || exits.first() == Some(&0) {
-            return Err(format!(
-                "exits {exits:?} must be strictly increasing block numbers from 1"
-            ));
-        }
+        check_exit_order(&exits)?;
         if exits.last() != Some(&depth) {
             return Err(format!(
                 "the last exit must be after the last block ({depth}), got exits {exits:?}"
@@ -116,6 +112,17 @@ impl DmpoConfig {
         }
         Ok(())
     }
+}
+
+/// Exits must be strictly increasing block numbers from 1; this needs no backbone, so a saved
+/// config can be checked before one is loaded.
+pub fn check_exit_order(exits: &[usize]) -> Result<(), String> {
+    if exits.windows(2).any(|w| w[0] >= w[1]) || exits.first() == Some(&0) {
+        return Err(format!(
+            "exits {exits:?} must be strictly increasing block numbers from 1"
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -24,7 +24,9 @@ mod newton_schulz;
 
 pub use adapter::Adapter;
 pub use bypass::Bypass;
-pub use config::{AdapterConfig, BypassConfig, CovarianceConfig, DmpoConfig, EarlyHead};
+pub use config::{
+    AdapterConfig, BypassConfig, CovarianceConfig, DmpoConfig, EarlyHead, check_exit_order,
+};
 pub use cost::{StageCost, vit_block_macs, vit_embed_macs};
 pub use covariance_head::CovarianceHead;
 pub use exit_head::ExitHead;
