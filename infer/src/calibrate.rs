@@ -3,6 +3,8 @@ use burn::tensor::activation::softmax;
 use serde::{Deserialize, Serialize};
 
 use crate::engine::argmax;
+use dmpo_model::dmpo::StageCost;
+
 use crate::{Criterion, ExitPolicy, MultiExit, cumulative_costs};
 
 /// Every exit's verdict on every sample of a labelled split, from one pass through all exits:
@@ -14,10 +16,22 @@ pub struct ExitScores {
     pub confidence: Vec<Vec<f32>>,
     /// `[sample][exit]`: the exit's top-1 class is the label.
     pub correct: Vec<Vec<bool>>,
-    /// MACs of leaving at each exit.
-    pub exit_macs: Vec<u64>,
+    /// What each stage costs: a policy's cost per exit follows from it
+    /// ([`ExitPolicy::exit_costs`]).
+    pub stages: Vec<StageCost>,
     /// MACs of the bare full-depth backbone: what a budget fraction is a fraction of.
     pub full_macs: u64,
+}
+
+impl ExitScores {
+    pub fn num_exits(&self) -> usize {
+        self.stages.len()
+    }
+
+    /// MACs of leaving at each exit when every exit head runs.
+    pub fn exit_macs(&self) -> Vec<u64> {
+        cumulative_costs(&self.stages)
+    }
 }
 
 /// A compute budget: an average cost per image.
@@ -82,14 +96,15 @@ pub fn collect_scores<B: Backend, M: MultiExit<B>>(
         criterion,
         confidence,
         correct,
-        exit_macs: cumulative_costs(&model.stage_costs()),
+        stages: model.stage_costs(),
         full_macs,
     }
 }
 
 /// What `policy` does on `scores`: exactly the decisions the engine makes.
 pub fn simulate(scores: &ExitScores, policy: &ExitPolicy) -> Simulated {
-    let exits = scores.exit_macs.len();
+    let exits = scores.num_exits();
+    let exit_macs = policy.exit_costs(&scores.stages);
     let mut histogram = vec![0; exits];
     let (mut right, mut macs) = (0usize, 0f64);
     for (conf, ok) in scores.confidence.iter().zip(&scores.correct) {
@@ -98,7 +113,7 @@ pub fn simulate(scores: &ExitScores, policy: &ExitPolicy) -> Simulated {
             .unwrap_or(exits - 1);
         histogram[k] += 1;
         right += usize::from(ok[k]);
-        macs += scores.exit_macs[k] as f64;
+        macs += exit_macs[k] as f64;
     }
     let n = scores.confidence.len().max(1) as f64;
     Simulated {
@@ -111,7 +126,7 @@ pub fn simulate(scores: &ExitScores, policy: &ExitPolicy) -> Simulated {
 /// MSDNet's scheme: exit proportions `q_k ∝ p^k`; at each early exit the most confident
 /// `⌊n·q_k⌋` of the samples still running leave, which sets its threshold.
 pub fn calibrate_geometric(scores: &ExitScores, p: f64) -> Vec<f32> {
-    let exits = scores.exit_macs.len();
+    let exits = scores.num_exits();
     let n = scores.confidence.len();
     let weights: Vec<f64> = (0..exits).map(|k| p.powi(k as i32)).collect();
     let total: f64 = weights.iter().sum();
@@ -155,7 +170,7 @@ impl NextDown for f32 {
 /// `p` for the most expensive (so most accurate) policy that stays within the budget.
 pub fn calibrate(scores: &ExitScores, budget: Budget) -> Result<(ExitPolicy, Simulated), String> {
     let target = budget.macs(scores.full_macs);
-    let cheapest = scores.exit_macs.first().copied().unwrap_or(0) as f64;
+    let cheapest = scores.exit_macs().first().copied().unwrap_or(0) as f64;
     if target < cheapest {
         return Err(format!(
             "budget {:.3} GMACs is below the cheapest exit ({:.3} GMACs, {:.1}% of the backbone)",

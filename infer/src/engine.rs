@@ -2,7 +2,7 @@ use burn::prelude::*;
 use burn::tensor::activation::softmax;
 use serde::{Deserialize, Serialize};
 
-use crate::{ExitPolicy, MultiExit, cumulative_costs};
+use crate::{ExitPolicy, MultiExit};
 
 /// One sample's answer.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -19,7 +19,8 @@ pub struct Prediction {
 
 /// Runs `images` (`[B, C, H, W]`) through `model` stage by stage. After each exit, samples whose
 /// confidence passes `policy` leave with that exit's prediction; the others are gathered into a
-/// smaller batch that continues. Results come back in input order.
+/// smaller batch that continues. Results come back in input order. Exits whose threshold is 1.0
+/// (never) are not computed at all.
 ///
 /// # Panics
 /// If `policy` does not fit the model (check with [`ExitPolicy::validate`] first).
@@ -30,7 +31,7 @@ pub fn run_early_exit<B: Backend, M: MultiExit<B>>(
 ) -> Vec<Prediction> {
     let exits = model.num_exits();
     policy.validate(exits).expect("exit policy fits the model");
-    let cost = cumulative_costs(&model.stage_costs());
+    let cost = policy.exit_costs(&model.stage_costs());
     let n = images.dims()[0];
     let device = images.device();
     let mut done: Vec<Option<Prediction>> = vec![None; n];
@@ -39,6 +40,11 @@ pub fn run_early_exit<B: Backend, M: MultiExit<B>>(
     let mut x = model.embed(images);
     for (k, &exit_macs) in cost.iter().enumerate() {
         let h = model.forward_trunk(k, x);
+        if !policy.evaluates(k, exits) {
+            // No sample can leave here: skip the head (its cost is not counted either).
+            x = h;
+            continue;
+        }
         let probs = softmax(model.forward_exit(k, h.clone()), 1);
         let classes = probs.dims()[1];
         let probs: Vec<f32> = probs

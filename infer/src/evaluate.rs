@@ -37,7 +37,7 @@ pub fn evaluate(
     test: &ExitScores,
     budgets: &[f64],
 ) -> EvalReport {
-    let exits = test.exit_macs.len();
+    let exits = test.num_exits();
     let point = |fraction: f64, policy: ExitPolicy| {
         let sim = simulate(test, &policy);
         CurvePoint {
@@ -69,7 +69,7 @@ pub fn evaluate(
         per_exit_accuracy: (0..exits)
             .map(|k| test.correct.iter().filter(|c| c[k]).count() as f64 / n)
             .collect(),
-        exit_gmacs: test.exit_macs.iter().map(|m| *m as f64 / 1e9).collect(),
+        exit_gmacs: test.exit_macs().iter().map(|m| *m as f64 / 1e9).collect(),
         backbone_gmacs: test.full_macs as f64 / 1e9,
         full_depth,
         curve,

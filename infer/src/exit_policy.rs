@@ -1,3 +1,4 @@
+use dmpo_model::dmpo::StageCost;
 use serde::{Deserialize, Serialize};
 
 /// How confident an exit is about a sample, from its softmax probabilities; always in [0, 1].
@@ -73,6 +74,29 @@ impl ExitPolicy {
             return Err(format!("threshold {t} is outside [0, 1]"));
         }
         Ok(())
+    }
+
+    /// Whether exit `k` can let any sample leave, i.e. whether its head needs computing at all:
+    /// confidences lie in [0, 1], so a threshold of 1.0 means never.
+    pub fn evaluates(&self, k: usize, num_exits: usize) -> bool {
+        k + 1 >= num_exits || self.thresholds[k] < 1.0
+    }
+
+    /// MACs of leaving at each exit under this policy: the trunk up to it and the heads of the
+    /// exits it evaluates on the way.
+    pub fn exit_costs(&self, stages: &[StageCost]) -> Vec<u64> {
+        let mut total = 0u64;
+        stages
+            .iter()
+            .enumerate()
+            .map(|(k, s)| {
+                total += s.trunk;
+                if self.evaluates(k, stages.len()) {
+                    total += s.exit;
+                }
+                total
+            })
+            .collect()
     }
 
     /// Does a sample with this confidence leave at exit `k` of `num_exits`?

@@ -21,6 +21,8 @@ const CONFIDENT_AT: [usize; 7] = [0, 2, 1, 0, 2, 1, 1];
 /// only for the samples `i` with `CONFIDENT_AT[i] == k`, and lukewarm otherwise.
 struct Scripted {
     tables: Vec<Tensor<B, 2>>,
+    /// Which exit heads ran, in order.
+    heads_run: std::cell::RefCell<Vec<usize>>,
 }
 
 impl Scripted {
@@ -39,7 +41,10 @@ impl Scripted {
                 Tensor::from_data(TensorData::new(t, [n, CLASSES]), device)
             })
             .collect();
-        Self { tables }
+        Self {
+            tables,
+            heads_run: Default::default(),
+        }
     }
 }
 
@@ -55,6 +60,7 @@ impl MultiExit<B> for Scripted {
         x
     }
     fn forward_exit(&self, k: usize, h: Tensor<B, 3>) -> Tensor<B, 2> {
+        self.heads_run.borrow_mut().push(k);
         let n = h.dims()[0];
         let rows = CONFIDENT_AT.len();
         let ids = h.reshape([n, 1]);
@@ -121,11 +127,37 @@ fn each_sample_leaves_where_it_is_confident_in_input_order_at_its_analytic_cost(
 }
 
 #[test]
-fn thresholds_at_one_run_everyone_to_the_last_exit() {
+fn thresholds_at_one_run_everyone_to_the_last_exit_without_the_early_heads() {
     let device = Default::default();
     let model = Scripted::new(&device);
     let preds = run_early_exit(&model, ids(&device), &ExitPolicy::full_depth(3));
-    assert!(preds.iter().all(|p| p.exit == 2 && p.macs == 321));
+    // Three trunks and the last head only: exits that can never fire are not computed.
+    assert!(
+        preds.iter().all(|p| p.exit == 2 && p.macs == 301),
+        "{preds:?}"
+    );
+    assert_eq!(*model.heads_run.borrow(), vec![2]);
+}
+
+#[test]
+fn an_exit_that_never_fires_is_skipped_and_not_charged() {
+    let device = Default::default();
+    let model = Scripted::new(&device);
+    let policy = ExitPolicy {
+        criterion: Criterion::MaxProb,
+        thresholds: vec![1.0, 0.9],
+    };
+    let preds = run_early_exit(&model, ids(&device), &policy);
+    assert_eq!(*model.heads_run.borrow(), vec![1, 2]);
+    for (i, p) in preds.iter().enumerate() {
+        let expected = if CONFIDENT_AT[i] == 1 {
+            (1, 210)
+        } else {
+            (2, 311)
+        };
+        assert_eq!((p.exit, p.macs), expected, "sample {i}");
+    }
+    assert_eq!(policy.exit_costs(&model.stage_costs()), vec![100, 210, 311]);
 }
 
 fn tiny_dmpo(device: &burn::tensor::Device<B>) -> dmpo_model::dmpo::DmpoModel<B> {
@@ -194,13 +226,18 @@ fn simulation_on_scores_makes_the_engines_decisions() {
         criterion: Criterion::MaxProb,
         thresholds,
     };
-    let sim = simulate(&scores, &policy);
-    let preds = run_early_exit(&model, x, &policy);
-    let mut hist = vec![0; 4];
-    preds.iter().for_each(|p| hist[p.exit] += 1);
-    assert_eq!(hist, sim.exit_histogram);
-    let mean = preds.iter().map(|p| p.macs as f64).sum::<f64>() / 16.0;
-    assert!((mean - sim.mean_macs).abs() < 1e-6);
+    // The same with the middle exit switched off (its head is then skipped and not charged).
+    let mut skipping = policy.clone();
+    skipping.thresholds[1] = 1.0;
+    for policy in [policy, skipping] {
+        let sim = simulate(&scores, &policy);
+        let preds = run_early_exit(&model, x.clone(), &policy);
+        let mut hist = vec![0; 4];
+        preds.iter().for_each(|p| hist[p.exit] += 1);
+        assert_eq!(hist, sim.exit_histogram, "{policy:?}");
+        let mean = preds.iter().map(|p| p.macs as f64).sum::<f64>() / 16.0;
+        assert!((mean - sim.mean_macs).abs() < 1e-6, "{policy:?}");
+    }
 }
 
 /// Scores where later exits are more confident and more often right, like a trained model's.
@@ -226,7 +263,10 @@ fn synthetic_scores(n: usize, seed: u64) -> ExitScores {
         criterion: Criterion::MaxProb,
         confidence,
         correct,
-        exit_macs: vec![26, 51, 76, 101],
+        // Cumulative 26, 51, 76, 101 MACs with every head running.
+        stages: [(25, 1), (24, 1), (24, 1), (24, 1)]
+            .map(|(trunk, exit)| StageCost { trunk, exit })
+            .to_vec(),
         full_macs: 100,
     }
 }
