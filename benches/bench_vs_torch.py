@@ -6,9 +6,9 @@ weights are saved as safetensors, PyTorch is timed (fp32, inference mode, the gi
 count), then our `dmpo-import bench-vit` imports the same file and is timed the same way (median
 of the timed passes, after warm-up). Prints a table and writes bench_vs_torch.{csv,json}.
 
-    cargo build --release -p dmpo-import        # add --no-default-features --features ... for
-    pip install torch timm safetensors          # other backends
-    python3 benches/bench_vs_torch.py --out runs/bench-vs-torch
+    cargo build --release -p dmpo-import        # one build per backend (see docs/benchmarks.md)
+    pip install torch timm safetensors
+    python3 benches/bench_vs_torch.py --binaries flex=target/release/dmpo-import
 
 Needs no download: the models are random (speed does not depend on the values).
 """
@@ -57,10 +57,12 @@ def main():
     p.add_argument("--threads", type=int, default=os.cpu_count())
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--iters", type=int, default=5)
-    p.add_argument("--binary", default="target/release/dmpo-import")
+    p.add_argument("--binaries", default="flex=target/release/dmpo-import",
+                   help="comma-separated NAME=PATH of dmpo-import builds (one per backend)")
     p.add_argument("--out", default="runs/bench-vs-torch")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
+    binaries = [b.split("=", 1) for b in a.binaries.split(",") if b]
     os.makedirs(a.out, exist_ok=True)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -72,16 +74,17 @@ def main():
             size = model.default_cfg["input_size"][-1]
             for batch in map(int, a.batches.split(",")):
                 ref = torch_images_per_s(model, batch, size, a.warmup, a.iters)
-                ours = ours_images_per_s(a.binary, weights, arch, batch, a.warmup, a.iters, a.threads)
-                row = {"arch": arch, "batch": batch, "threads": a.threads,
-                       "backend": ours["backend"], "torch_images_per_s": round(ref, 3),
-                       "ours_images_per_s": round(ours["images_per_s"], 3),
-                       "ratio": round(ours["images_per_s"] / ref, 3),
-                       "torch": torch.__version__, "timm": timm.__version__}
-                rows.append(row)
-                print(f"{arch:24} batch {batch:3}  torch {ref:8.2f} img/s  "
-                      f"dmpo-burn ({row['backend']}) {row['ours_images_per_s']:8.2f} img/s  "
-                      f"ratio {row['ratio']:.2f}", flush=True)
+                for name, binary in binaries:
+                    ours = ours_images_per_s(binary, weights, arch, batch, a.warmup, a.iters, a.threads)
+                    row = {"arch": arch, "batch": batch, "threads": a.threads,
+                           "backend": name, "torch_images_per_s": round(ref, 3),
+                           "ours_images_per_s": round(ours["images_per_s"], 3),
+                           "ratio": round(ours["images_per_s"] / ref, 3),
+                           "torch": torch.__version__, "timm": timm.__version__}
+                    rows.append(row)
+                    print(f"{arch:24} batch {batch:3}  torch {ref:8.2f} img/s  "
+                          f"dmpo-burn ({name}) {row['ours_images_per_s']:8.2f} img/s  "
+                          f"ratio {row['ratio']:.2f}", flush=True)
     with open(os.path.join(a.out, "bench_vs_torch.json"), "w") as f:
         json.dump(rows, f, indent=1)
     with open(os.path.join(a.out, "bench_vs_torch.csv"), "w", newline="") as f:

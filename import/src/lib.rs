@@ -27,7 +27,12 @@ mod tensor_map;
 mod trained;
 mod vit_loader;
 
-#[cfg(any(feature = "ndarray", feature = "wgpu", feature = "cuda"))]
+#[cfg(any(
+    feature = "flex",
+    feature = "ndarray",
+    feature = "wgpu",
+    feature = "cuda"
+))]
 pub mod backend;
 
 use std::path::Path;

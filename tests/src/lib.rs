@@ -9,6 +9,8 @@ use burn::prelude::*;
 use dmpo_import::HostTensor;
 
 pub type TestBackend = burn::backend::NdArray;
+/// The default CPU backend of the binaries (Burn's Flex), checked against the same references.
+pub type FlexBackend = burn::backend::Flex;
 
 /// `tests/fixtures/<rel>`.
 pub fn fixture(rel: &str) -> PathBuf {
@@ -17,8 +19,8 @@ pub fn fixture(rel: &str) -> PathBuf {
         .join(rel)
 }
 
-/// A tensor of the test backend as a host tensor.
-pub fn host<const D: usize>(t: Tensor<TestBackend, D>) -> HostTensor {
+/// A tensor of any backend as a host tensor.
+pub fn host<B: Backend, const D: usize>(t: Tensor<B, D>) -> HostTensor {
     let data = t.into_data();
     let shape = data.shape.to_vec();
     HostTensor::new(shape, data.convert::<f32>().into_vec().unwrap())

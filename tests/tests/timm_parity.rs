@@ -9,11 +9,11 @@ use burn::prelude::*;
 use dmpo_import::{ImportOptions, import_checkpoint, read_tensor_file, write_safetensors};
 use dmpo_model::vit::{GlobalPool, VitConfig};
 use dmpo_tests::formula::{hf_state_dict, timm_state_dict, uniform};
-use dmpo_tests::{TestBackend, assert_close, fixture, host};
+use dmpo_tests::{FlexBackend, TestBackend, assert_close, fixture, host};
 
 const TOL: f32 = 1e-4;
 
-fn check_pico(model_file: &str, io_file: &str) {
+fn check_pico<B: Backend>(model_file: &str, io_file: &str) {
     let device = Default::default();
     // The head count is the one thing the tensors cannot tell (48 / 64 would give 1 head).
     let configs: serde_json::Value =
@@ -25,13 +25,12 @@ fn check_pico(model_file: &str, io_file: &str) {
         ..Default::default()
     };
     let imported =
-        import_checkpoint::<TestBackend>(&fixture(&format!("timm/{model_file}")), &opts, &device)
-            .unwrap();
+        import_checkpoint::<B>(&fixture(&format!("timm/{model_file}")), &opts, &device).unwrap();
     let mut io = read_tensor_file(&fixture(&format!("timm/{io_file}")))
         .unwrap()
         .tensors;
     let input = io.remove("input").unwrap();
-    let x = Tensor::<TestBackend, 4>::from_data(TensorData::new(input.data, input.shape), &device);
+    let x = Tensor::<B, 4>::from_data(TensorData::new(input.data, input.shape), &device);
     let out = imported.model.forward_all(x);
     // Blocks first: the first one that differs localises a mismatch.
     for (i, b) in out.blocks.into_iter().enumerate() {
@@ -48,22 +47,29 @@ fn check_pico(model_file: &str, io_file: &str) {
 
 #[test]
 fn pico_cls_safetensors_matches_timm() {
-    check_pico("vit_pico_cls.safetensors", "vit_pico_cls.io.safetensors");
+    check_pico::<TestBackend>("vit_pico_cls.safetensors", "vit_pico_cls.io.safetensors");
 }
 
 #[test]
 fn pico_cls_pth_matches_timm() {
-    check_pico("vit_pico_cls.pth", "vit_pico_cls.io.safetensors");
+    check_pico::<TestBackend>("vit_pico_cls.pth", "vit_pico_cls.io.safetensors");
 }
 
 #[test]
 fn pico_gap_safetensors_matches_timm() {
-    check_pico("vit_pico_gap.safetensors", "vit_pico_gap.io.safetensors");
+    check_pico::<TestBackend>("vit_pico_gap.safetensors", "vit_pico_gap.io.safetensors");
 }
 
 #[test]
 fn pico_gap_pth_matches_timm() {
-    check_pico("vit_pico_gap.pth", "vit_pico_gap.io.safetensors");
+    check_pico::<TestBackend>("vit_pico_gap.pth", "vit_pico_gap.io.safetensors");
+}
+
+/// The binaries' default CPU backend against the same timm outputs.
+#[test]
+fn pico_cls_and_gap_match_timm_on_flex() {
+    check_pico::<FlexBackend>("vit_pico_cls.safetensors", "vit_pico_cls.io.safetensors");
+    check_pico::<FlexBackend>("vit_pico_gap.safetensors", "vit_pico_gap.io.safetensors");
 }
 
 /// One entry of `fixtures/references/manifest.json`.
@@ -102,7 +108,11 @@ fn timm_kwargs_config(kw: &serde_json::Value) -> VitConfig {
         .with_num_classes(get("num_classes", 1000))
 }
 
-fn check_reference(name: &str, tensors: Vec<(String, dmpo_import::HostTensor)>, file_name: &str) {
+fn check_reference<B: Backend>(
+    name: &str,
+    tensors: Vec<(String, dmpo_import::HostTensor)>,
+    file_name: &str,
+) {
     let m = manifest(name);
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join(file_name);
@@ -121,10 +131,10 @@ fn check_reference(name: &str, tensors: Vec<(String, dmpo_import::HostTensor)>, 
         ..Default::default()
     };
     let device = Default::default();
-    let imported = import_checkpoint::<TestBackend>(&path, &opts, &device).unwrap();
+    let imported = import_checkpoint::<B>(&path, &opts, &device).unwrap();
     let shape: Vec<usize> = serde_json::from_value(m["input_shape"].clone()).unwrap();
     let x = uniform("input", shape.iter().product());
-    let x = Tensor::<TestBackend, 4>::from_data(TensorData::new(x, shape), &device);
+    let x = Tensor::<B, 4>::from_data(TensorData::new(x, shape), &device);
     let out = imported.model.forward_all(x);
     let io: BTreeMap<_, _> =
         read_tensor_file(&fixture(&format!("references/{name}.io.safetensors")))
@@ -140,29 +150,35 @@ fn check_reference(name: &str, tensors: Vec<(String, dmpo_import::HostTensor)>, 
     }
 }
 
-fn check_timm_reference(name: &str) {
+fn check_timm_reference<B: Backend>(name: &str) {
     let cfg = timm_kwargs_config(&manifest(name)["checkpoint"]);
-    check_reference(name, timm_state_dict(&cfg), "model.safetensors");
+    check_reference::<B>(name, timm_state_dict(&cfg), "model.safetensors");
 }
 
 #[test]
 fn vit_small_patch16_224_matches_timm() {
-    check_timm_reference("vit_small_patch16_224");
+    check_timm_reference::<TestBackend>("vit_small_patch16_224");
+}
+
+/// Full-size matmuls, where Flex's gemm splits the work over threads.
+#[test]
+fn vit_small_patch16_224_matches_timm_on_flex() {
+    check_timm_reference::<FlexBackend>("vit_small_patch16_224");
 }
 
 #[test]
 fn vit_small_patch32_224_matches_timm() {
-    check_timm_reference("vit_small_patch32_224");
+    check_timm_reference::<TestBackend>("vit_small_patch32_224");
 }
 
 #[test]
 fn layerscale_avg_pool_without_qkv_bias_matches_timm() {
-    check_timm_reference("layerscale_gap_noqkvbias");
+    check_timm_reference::<TestBackend>("layerscale_gap_noqkvbias");
 }
 
 #[test]
 fn position_embedding_resampling_matches_timm() {
-    check_timm_reference("resample_32_to_48");
+    check_timm_reference::<TestBackend>("resample_32_to_48");
 }
 
 #[test]
@@ -184,5 +200,5 @@ fn hugging_face_layout_matches_transformers() {
     ours.sort();
     let theirs: Vec<String> = serde_json::from_value(m["hf_keys"].clone()).unwrap();
     assert_eq!(ours, theirs);
-    check_reference("hf_vit_tiny", tensors, "model.safetensors");
+    check_reference::<TestBackend>("hf_vit_tiny", tensors, "model.safetensors");
 }

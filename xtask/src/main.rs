@@ -1,4 +1,4 @@
-//! `cargo xtask <task> [--backend ndarray|wgpu|cuda] [--debug] [task arguments...]`
+//! `cargo xtask <task> [--backend flex|ndarray|wgpu|cuda] [--debug] [task arguments...]`
 //!
 //! Every user-facing job goes through here: it picks the binary that implements the task, builds
 //! it in release mode with exactly one backend feature, and runs it with the remaining arguments.
@@ -72,6 +72,13 @@ const TASKS: &[(&str, &str, &str, &str, &str)] = &[
         "full-depth ViT images/s on random input (vs PyTorch: benches/bench_vs_torch.py)",
     ),
     (
+        "bench-step",
+        "dmpo-train",
+        "dmpo-train",
+        "",
+        "training-step images/s and memory, frozen vs full (vs PyTorch: benches/)",
+    ),
+    (
         "import",
         "dmpo-import",
         "dmpo-import",
@@ -87,11 +94,11 @@ const TASKS: &[(&str, &str, &str, &str, &str)] = &[
     ),
 ];
 
-const BACKENDS: &[&str] = &["ndarray", "wgpu", "cuda"];
+const BACKENDS: &[&str] = &["flex", "ndarray", "wgpu", "cuda"];
 
 fn usage() -> String {
     let mut s = String::from(
-        "usage: cargo xtask <task> [--backend ndarray|wgpu|cuda] [--debug] [arguments...]\n\ntasks:\n",
+        "usage: cargo xtask <task> [--backend flex|ndarray|wgpu|cuda] [--debug] [arguments...]\n\ntasks:\n",
     );
     for (task, _, _, _, what) in TASKS {
         s.push_str(&format!("  {task:<10} {what}\n"));
@@ -114,7 +121,7 @@ fn main() -> ExitCode {
         eprint!("unknown task `{task}`\n\n{}", usage());
         return ExitCode::FAILURE;
     };
-    let mut backend = "ndarray".to_string();
+    let mut backend = "flex".to_string();
     let mut release = true;
     let mut rest = Vec::new();
     let mut it = args.into_iter();
