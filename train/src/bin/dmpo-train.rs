@@ -14,7 +14,11 @@ use dmpo_infer::{
     collect_scores, eval_batches, evaluate, write_model_info, write_report,
 };
 use dmpo_model::dmpo::{DmpoConfig, DmpoModel};
-use dmpo_train::{LossSchedule, PretrainConfig, TrainConfig, pretrain, train};
+use dmpo_model::vit::preset;
+use dmpo_train::{
+    LossSchedule, PretrainConfig, StepBenchConfig, TrainConfig, Tuning, bench_train_step, pretrain,
+    train,
+};
 
 type TrainBackend = Autodiff<Backend>;
 type Error = Box<dyn std::error::Error>;
@@ -54,6 +58,27 @@ enum Command {
         /// Override the recipe's synthetic images per class.
         #[arg(long)]
         per_class: Option<usize>,
+    },
+    /// Time the training step (forward of every exit, loss, backward, AdamW) on random images of
+    /// a randomly initialised timm architecture; prints one JSON line (images/s, peak memory).
+    /// Against PyTorch: `benches/bench_train_vs_torch.py`.
+    BenchStep {
+        /// timm architecture name, e.g. vit_base_patch16_224.
+        #[arg(long)]
+        arch: String,
+        /// Frozen backbone (DMPO) or full fine-tuning.
+        #[arg(long, value_enum, default_value_t = Tuning::Frozen)]
+        tuning: Tuning,
+        #[arg(long, default_value_t = 16)]
+        batch: usize,
+        #[arg(long, default_value_t = 100)]
+        classes: usize,
+        /// Untimed steps first.
+        #[arg(long, default_value_t = 1)]
+        warmup: usize,
+        /// Timed steps (the median is reported).
+        #[arg(long, default_value_t = 3)]
+        steps: usize,
     },
     /// Write a class-balanced subset of an IDX dataset (the demo data in assets/).
     Subset {
@@ -183,6 +208,40 @@ fn run(cli: Cli) -> Result<(), Error> {
             save_backbone(&out, &recipe.vit, &preprocess, vit, source)?;
             dmpo_import::write_atomic(&out.join("pretrain.json"), recipe.to_string().as_bytes())?;
             tracing::info!("pretrained backbone written to {}", out.display());
+        }
+        Command::BenchStep {
+            arch,
+            tuning,
+            batch,
+            classes,
+            warmup,
+            steps,
+        } => {
+            let vit = preset(&arch)
+                .ok_or_else(|| format!("`{arch}` is not a timm ViT name this crate knows"))?
+                .with_num_classes(classes);
+            let device = backend::device();
+            let model =
+                DmpoConfig::new(classes).init(vit.init::<TrainBackend>(&device), &device)?;
+            let config = StepBenchConfig {
+                batch: batch.max(1),
+                warmup,
+                steps: steps.max(1),
+                tuning,
+            };
+            let report = bench_train_step(model, &config, &device);
+            tracing::info!(
+                "{arch} on {}: {tuning:?}, batch {batch}, median step {:.1} ms, {} of {} parameters train",
+                backend::NAME,
+                report.step_s * 1e3,
+                report.trainable_params,
+                report.total_params
+            );
+            let mut line = serde_json::to_value(&report)?;
+            line["backend"] = backend::NAME.into();
+            line["arch"] = arch.into();
+            // The one machine-readable line, on stdout.
+            println!("{line}");
         }
         Command::Subset {
             from,
