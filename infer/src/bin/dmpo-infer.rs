@@ -240,7 +240,7 @@ fn run(cli: Cli) -> Result<(), Error> {
             budgets,
             passes,
             images,
-        } => bench(&data, &budgets, passes, images)?,
+        } => bench(&data, &budgets, passes.max(1), images)?,
     }
     Ok(())
 }
@@ -264,6 +264,21 @@ fn image_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, Error> {
         }
     }
     Ok(out)
+}
+
+/// One policy's measurements in `bench`.
+#[derive(Default)]
+struct PolicyTiming {
+    pass_s: Vec<f64>,
+    latencies_ms: Vec<f64>,
+    /// MACs over all timed passes.
+    macs: f64,
+}
+
+fn median(xs: &[f64]) -> f64 {
+    let mut xs = xs.to_vec();
+    xs.sort_by(f64::total_cmp);
+    xs[xs.len() / 2]
 }
 
 /// Wall-clock of full depth and of early exit at each budget, over the same images, after a
@@ -296,7 +311,7 @@ fn bench(data: &Data, budgets: &[f64], passes: usize, images: usize) -> Result<(
         ));
     }
     println!(
-        "\nbench: {n} images, batch {}, {} backend, {passes} timed passes",
+        "\nbench: {n} images, batch {}, {} backend, {passes} timed passes per policy (interleaved; median pass)",
         data.batch,
         backend::NAME
     );
@@ -304,37 +319,37 @@ fn bench(data: &Data, budgets: &[f64], passes: usize, images: usize) -> Result<(
         "{:>6} {:>10} {:>9} {:>9} {:>10} {:>10} {:>12}",
         "policy", "images/s", "p50 ms", "p95 ms", "MACs x", "time x", "time/MACs"
     );
-    let mut full_rate = 0.0;
-    let mut full_macs = 0.0;
-    for (name, policy, _) in &policies {
-        let mut latencies = Vec::new();
-        let mut macs = 0.0;
-        let mut total = 0.0;
-        for pass in 0..=passes {
+    // Passes are interleaved (full, budget 1, budget 2, ..., full, ...) and each policy's pass
+    // time is its median, so the machine's load drifting during the run hits every policy alike
+    // instead of whichever happened to run then.
+    let mut timings: Vec<PolicyTiming> = policies.iter().map(|_| PolicyTiming::default()).collect();
+    for pass in 0..=passes {
+        for ((_, policy, _), timing) in policies.iter().zip(&mut timings) {
             let start = Instant::now();
             for (images, _) in &batches {
                 let t = Instant::now();
                 let preds = run_early_exit(&model, images.clone(), policy);
                 let _ = Backend::sync(&device);
                 if pass > 0 {
-                    latencies.push(t.elapsed().as_secs_f64() * 1e3);
-                    macs += preds.iter().map(|p| p.macs as f64).sum::<f64>();
+                    timing.latencies_ms.push(t.elapsed().as_secs_f64() * 1e3);
+                    timing.macs += preds.iter().map(|p| p.macs as f64).sum::<f64>();
                 }
             }
             if pass > 0 {
-                total += start.elapsed().as_secs_f64();
+                timing.pass_s.push(start.elapsed().as_secs_f64());
             }
         }
-        latencies.sort_by(f64::total_cmp);
-        let pct = |q: f64| latencies[((latencies.len() - 1) as f64 * q).round() as usize];
-        let rate = (n * passes) as f64 / total;
-        let mean_macs = macs / (n * passes) as f64;
-        if name == "full" {
-            full_rate = rate;
-            full_macs = mean_macs;
-        }
-        let macs_x = full_macs / mean_macs;
-        let time_x = rate / full_rate;
+    }
+    let median_pass = |t: &PolicyTiming| median(&t.pass_s);
+    let full_pass = median_pass(&timings[0]);
+    let full_macs = timings[0].macs;
+    for ((name, _, _), timing) in policies.iter().zip(&mut timings) {
+        timing.latencies_ms.sort_by(f64::total_cmp);
+        let lat = &timing.latencies_ms;
+        let pct = |q: f64| lat[((lat.len() - 1) as f64 * q).round() as usize];
+        let rate = n as f64 / median_pass(timing);
+        let macs_x = full_macs / timing.macs;
+        let time_x = full_pass / median_pass(timing);
         println!(
             "{name:>6} {rate:>10.1} {:>9.2} {:>9.2} {macs_x:>9.2}x {time_x:>9.2}x {:>12.2}",
             pct(0.5),
