@@ -14,8 +14,8 @@ steps above what was resident before them (Linux `/proc`), for a frozen backbone
 full fine-tuning.
 
     cargo build --release -p dmpo-train --bin dmpo-train      # one binary per backend
-    pip install torch timm
-    python3 benches/bench_train_vs_torch.py --binaries ndarray=target/release/dmpo-train
+    benches/setup.sh                                          # PyTorch, timm, OpenBLAS, perf
+    python3 benches/bench_train_vs_torch.py --binaries flex=target/release/dmpo-train
 
 Needs no download: the models are random (speed does not depend on the values).
 """

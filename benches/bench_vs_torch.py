@@ -4,10 +4,10 @@
 For each architecture and batch size: timm builds the model with random weights (seeded), the
 weights are saved as safetensors, PyTorch is timed (fp32, inference mode, the given thread
 count), then our `dmpo-import bench-vit` imports the same file and is timed the same way (median
-of the timed passes, after warm-up). Prints a table and writes bench_vs_torch.{csv,json}.
+of the timed passes, after warm-up); PyTorch is timed again after each of our builds. Prints a table and writes bench_vs_torch.{csv,json}.
 
     cargo build --release -p dmpo-import        # one build per backend (see docs/benchmarks.md)
-    pip install torch timm safetensors
+    benches/setup.sh                            # PyTorch, timm, OpenBLAS, perf
     python3 benches/bench_vs_torch.py --binaries flex=target/release/dmpo-import
 
 Needs no download: the models are random (speed does not depend on the values).
@@ -73,9 +73,14 @@ def main():
             save_file({k: v.contiguous() for k, v in model.state_dict().items()}, weights)
             size = model.default_cfg["input_size"][-1]
             for batch in map(int, a.batches.split(",")):
-                ref = torch_images_per_s(model, batch, size, a.warmup, a.iters)
+                # PyTorch is timed before and after each of our builds, and each ratio is
+                # against the mean of the two: load drifting during the run then cancels out.
+                before = torch_images_per_s(model, batch, size, a.warmup, a.iters)
                 for name, binary in binaries:
                     ours = ours_images_per_s(binary, weights, arch, batch, a.warmup, a.iters, a.threads)
+                    after = torch_images_per_s(model, batch, size, a.warmup, a.iters)
+                    ref = (before + after) / 2
+                    before = after
                     row = {"arch": arch, "batch": batch, "threads": a.threads,
                            "backend": name, "torch_images_per_s": round(ref, 3),
                            "ours_images_per_s": round(ours["images_per_s"], 3),
