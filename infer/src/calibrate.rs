@@ -1,10 +1,9 @@
 use burn::prelude::*;
 use burn::tensor::activation::softmax;
+use dmpo_model::dmpo::StageCost;
 use serde::{Deserialize, Serialize};
 
 use crate::engine::argmax;
-use dmpo_model::dmpo::StageCost;
-
 use crate::{Criterion, ExitPolicy, MultiExit, cumulative_costs};
 
 /// Every exit's verdict on every sample of a labelled split, from one pass through all exits:

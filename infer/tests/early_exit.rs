@@ -161,15 +161,7 @@ fn an_exit_that_never_fires_is_skipped_and_not_charged() {
 }
 
 fn tiny_dmpo(device: &burn::tensor::Device<B>) -> dmpo_model::dmpo::DmpoModel<B> {
-    let vit = VitConfig::new()
-        .with_img_size(16)
-        .with_patch_size(4)
-        .with_embed_dim(24)
-        .with_depth(4)
-        .with_num_heads(2)
-        .with_mlp_hidden_dim(48)
-        .with_num_classes(5)
-        .init::<B>(device);
+    let vit = VitConfig::tiny().init::<B>(device);
     DmpoConfig::new(5).init(vit, device).unwrap()
 }
 

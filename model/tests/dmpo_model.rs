@@ -13,13 +13,7 @@ type B = NdArray;
 type AB = Autodiff<NdArray>;
 
 fn tiny_vit(class_token: bool) -> VitConfig {
-    VitConfig::new()
-        .with_img_size(16)
-        .with_patch_size(4)
-        .with_embed_dim(24)
-        .with_depth(4)
-        .with_num_heads(2)
-        .with_mlp_hidden_dim(48)
+    VitConfig::tiny()
         .with_class_token(class_token)
         .with_global_pool(if class_token {
             GlobalPool::Token
@@ -27,7 +21,6 @@ fn tiny_vit(class_token: bool) -> VitConfig {
             GlobalPool::Avg
         })
         .with_fc_norm(!class_token)
-        .with_num_classes(5)
 }
 
 fn flat<const D: usize, BB: Backend>(t: Tensor<BB, D>) -> Vec<f32> {

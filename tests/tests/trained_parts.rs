@@ -13,20 +13,9 @@ use dmpo_tests::{TestBackend, host};
 fn backbone(
     device: &burn::tensor::Device<TestBackend>,
 ) -> dmpo_model::vit::VisionTransformer<TestBackend> {
-    let b = vit().init::<TestBackend>(device);
+    let b = VitConfig::tiny().init::<TestBackend>(device);
     dmpo_import::backbone_fingerprint(&b);
     b
-}
-
-fn vit() -> VitConfig {
-    VitConfig::new()
-        .with_img_size(16)
-        .with_patch_size(4)
-        .with_embed_dim(24)
-        .with_depth(4)
-        .with_num_heads(2)
-        .with_mlp_hidden_dim(48)
-        .with_num_classes(5)
 }
 
 /// Stands in for training: perturbs every parameter outside the backbone.
@@ -76,7 +65,7 @@ fn trained_parts_round_trip_onto_the_same_backbone() {
 
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("trained.safetensors");
-    let binding = TrainedBinding::new(&cfg, &vit(), &trained);
+    let binding = TrainedBinding::new(&cfg, &VitConfig::tiny(), &trained);
     save_trained(&path, &trained, &binding).unwrap();
     assert_eq!(read_binding(&path).unwrap(), binding);
 
@@ -102,7 +91,12 @@ fn trained_parts_refuse_another_backbone() {
     let model = cfg.init(backbone(&device), &device).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("trained.safetensors");
-    save_trained(&path, &model, &TrainedBinding::new(&cfg, &vit(), &model)).unwrap();
+    save_trained(
+        &path,
+        &model,
+        &TrainedBinding::new(&cfg, &VitConfig::tiny(), &model),
+    )
+    .unwrap();
 
     let other = cfg.init(backbone(&device), &device).unwrap();
     let err = load_trained(&path, other).unwrap_err();

@@ -160,15 +160,7 @@ mod tests {
 
     fn tiny_model() -> DmpoModel<AB> {
         let device = Default::default();
-        let vit = VitConfig::new()
-            .with_img_size(16)
-            .with_patch_size(4)
-            .with_embed_dim(24)
-            .with_depth(4)
-            .with_num_heads(2)
-            .with_mlp_hidden_dim(48)
-            .with_num_classes(5)
-            .init::<AB>(&device);
+        let vit = VitConfig::tiny().init::<AB>(&device);
         DmpoConfig::new(5).init(vit, &device).unwrap()
     }
 

@@ -48,15 +48,7 @@ fn stripes(n: usize) -> ImageDataset {
 fn tiny_model(seed: u64) -> dmpo_model::dmpo::DmpoModel<B> {
     let device = Default::default();
     <B as burn::prelude::Backend>::seed(&device, seed);
-    let vit = VitConfig::new()
-        .with_img_size(16)
-        .with_patch_size(4)
-        .with_embed_dim(24)
-        .with_depth(4)
-        .with_num_heads(2)
-        .with_mlp_hidden_dim(48)
-        .with_num_classes(0)
-        .init::<B>(&device);
+    let vit = VitConfig::tiny().with_num_classes(0).init::<B>(&device);
     DmpoConfig::new(2)
         .with_exits(vec![2, 4])
         .init(vit, &device)

@@ -43,6 +43,22 @@ pub fn preset(name: &str) -> Option<VitConfig> {
     )
 }
 
+impl VitConfig {
+    /// The smallest ViT that still has every part (16 px, patch 4, width 24, 4 blocks, 2 heads,
+    /// MLP 48, 5 classes): for tests and examples where the weights do not matter, fast on any
+    /// backend.
+    pub fn tiny() -> Self {
+        VitConfig::new()
+            .with_img_size(16)
+            .with_patch_size(4)
+            .with_embed_dim(24)
+            .with_depth(4)
+            .with_num_heads(2)
+            .with_mlp_hidden_dim(48)
+            .with_num_classes(5)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
