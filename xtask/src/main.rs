@@ -27,7 +27,14 @@ const TASKS: &[(&str, &str, &str, &str, &str)] = &[
         "dmpo-train",
         "dmpo-train",
         "tui",
-        "pretrain the embedded demo backbone (synthetic data)",
+        "pretrain a small ViT from scratch (a labelled dataset, or synthetic patterns)",
+    ),
+    (
+        "pixel-baseline",
+        "dmpo-train",
+        "dmpo-train",
+        "",
+        "logistic regression on raw pixels: the floor a tuned model must clear",
     ),
     (
         "subset",

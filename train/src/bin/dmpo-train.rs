@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use burn::backend::Autodiff;
+use burn::config::Config as _;
 use clap::{Args, Parser, Subcommand};
 use dmpo_import::backend::{self, Backend};
 use dmpo_import::{ImportOptions, TrainedBinding, load_any, save_backbone, save_trained};
@@ -16,8 +17,8 @@ use dmpo_infer::{
 use dmpo_model::dmpo::{DmpoConfig, DmpoModel};
 use dmpo_model::vit::preset;
 use dmpo_train::{
-    LossSchedule, PretrainConfig, StepBenchConfig, TrainConfig, Tuning, bench_train_step, pretrain,
-    train,
+    LossSchedule, PixelBaselineConfig, PretrainConfig, StepBenchConfig, TrainConfig, Tuning,
+    backbone_accuracy, bench_train_step, exclude_images, pixel_baseline, pretrain, train,
 };
 
 type TrainBackend = Autodiff<Backend>;
@@ -48,16 +49,41 @@ enum Command {
         #[command(flatten)]
         run: RunArgs,
     },
-    /// Pretrain the embedded demo backbone on formula-driven synthetic images.
+    /// Pretrain a small ViT from scratch, supervised: on a labelled dataset (`--data`; the
+    /// embedded demo backbone is Fashion-MNIST's training split less the demo's images), or on
+    /// formula-driven synthetic images when no dataset is given.
     Pretrain {
         #[arg(long, default_value = DEFAULT_BACKBONE)]
         out: PathBuf,
+        /// A labelled dataset (any layout `train` reads); only its training split is used for
+        /// training and validation. Without it: synthetic patterns.
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// Datasets whose images (both splits, matched by pixels) are removed from the
+        /// pretraining data, e.g. the demo subset the backbone will later be tuned on.
+        #[arg(long)]
+        exclude: Vec<PathBuf>,
+        /// Checkpoints, the recipe and Burn's logs of the run, for `--resume`.
+        #[arg(long, default_value = DEFAULT_PRETRAIN_WORK)]
+        work: PathBuf,
+        /// Continue the run in --work from its last complete checkpoint, with its saved recipe.
+        #[arg(long)]
+        resume: bool,
         /// Override the recipe's epochs.
         #[arg(long)]
         epochs: Option<usize>,
-        /// Override the recipe's synthetic images per class.
+        /// Override the recipe's batch size.
+        #[arg(long)]
+        batch: Option<usize>,
+        /// Override the recipe's synthetic images per class (synthetic pretraining only).
         #[arg(long)]
         per_class: Option<usize>,
+        /// Override the recipe's training images held out for validation (dataset only).
+        #[arg(long)]
+        valid_images: Option<usize>,
+        /// Threads decoding and augmenting images.
+        #[arg(long)]
+        workers: Option<usize>,
     },
     /// Time the training step (forward of every exit, loss, backward, AdamW) on random images of
     /// a randomly initialised timm architecture; prints one JSON line (images/s, peak memory).
@@ -80,6 +106,13 @@ enum Command {
         #[arg(long, default_value_t = 3)]
         steps: usize,
     },
+    /// Logistic regression on the raw pixels (L2 chosen on a held-out tenth of the training
+    /// images, refitted on all): the floor a tuned model must clear. Prints one JSON line.
+    PixelBaseline {
+        /// Dataset directory (default: the embedded Fashion-MNIST subset).
+        #[arg(long, default_value = DEFAULT_DATA)]
+        data: PathBuf,
+    },
     /// Write a class-balanced subset of an IDX dataset (the demo data in assets/).
     Subset {
         /// An MNIST-style directory (e.g. /usr/share/datasets/fashion-mnist).
@@ -98,6 +131,7 @@ enum Command {
 const DEFAULT_BACKBONE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../assets/backbone");
 const DEFAULT_DATA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../assets/fashion-mnist-demo");
 const DEFAULT_OUT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../runs/default");
+const DEFAULT_PRETRAIN_WORK: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../runs/pretrain");
 
 #[derive(Args, Clone)]
 struct RunArgs {
@@ -116,14 +150,16 @@ struct RunArgs {
     /// Output directory.
     #[arg(long, default_value = DEFAULT_OUT)]
     out: PathBuf,
-    /// Blocks after which the exits sit (default: every depth/4).
+    /// Blocks after which the exits sit [default: every depth/4; the demo recipe's on the
+    /// embedded demo data].
     #[arg(long, value_delimiter = ',')]
     exits: Vec<usize>,
-    #[arg(long, default_value_t = 8)]
-    epochs: usize,
+    /// Training epochs [default: 8; the demo recipe's on the embedded demo data].
+    #[arg(long)]
+    epochs: Option<usize>,
     #[arg(long, default_value_t = 64)]
     batch: usize,
-    /// Peak learning rate [default: 1e-3; 5e-3 on the embedded demo data].
+    /// Peak learning rate [default: 1e-3; the demo recipe's on the embedded demo data].
     #[arg(long)]
     lr: Option<f64>,
     #[arg(long, default_value_t = 1)]
@@ -135,10 +171,14 @@ struct RunArgs {
     /// Adapter bottleneck width.
     #[arg(long, default_value_t = 16)]
     adapter_dim: usize,
-    /// Adapter branch scale [default: 0.1, large datasets; 1.0 on the embedded demo data, as
-    /// DyT uses for small VTAB-1k sets].
+    /// Adapter branch scale [default: 0.1, large datasets; the demo recipe's (1.0, as DyT uses
+    /// for small VTAB-1k sets) on the embedded demo data].
     #[arg(long)]
     adapter_scale: Option<f64>,
+    /// Reduced token width d' of the covariance heads [default: width/12, at least 8; the demo
+    /// recipe's on the embedded demo data].
+    #[arg(long)]
+    cov_dim: Option<usize>,
     /// Use at most this many training images per class (0 = all).
     #[arg(long, default_value_t = 0)]
     per_class: usize,
@@ -151,6 +191,10 @@ struct RunArgs {
     /// No random crops / flips.
     #[arg(long)]
     no_augment: bool,
+    /// Smallest area fraction of the random resized crops; 1.0 = flips only [default: 0.35;
+    /// the demo recipe's on the embedded demo data].
+    #[arg(long)]
+    min_crop_scale: Option<f64>,
     #[arg(long, default_value_t = 42)]
     seed: u64,
     #[arg(long, default_value_t = 2)]
@@ -190,24 +234,41 @@ fn run(cli: Cli) -> Result<(), Error> {
         }
         Command::Pretrain {
             out,
+            data,
+            exclude,
+            work,
+            resume,
             epochs,
+            batch,
             per_class,
+            valid_images,
+            workers,
         } => {
-            let mut recipe = PretrainConfig::new();
-            if let Some(e) = epochs {
-                recipe.train.epochs = e;
-            }
-            if let Some(n) = per_class {
-                recipe.per_class = n;
-            }
-            let device = backend::device();
-            let artifacts =
-                std::env::temp_dir().join(format!("dmpo-pretrain-{}", std::process::id()));
-            let (vit, preprocess) = pretrain::<TrainBackend>(&recipe, &artifacts, &device)?;
-            let source = "cargo xtask pretrain: formula-driven synthetic patterns (train/src/synthetic.rs), recipe in pretrain.json";
-            save_backbone(&out, &recipe.vit, &preprocess, vit, source)?;
-            dmpo_import::write_atomic(&out.join("pretrain.json"), recipe.to_string().as_bytes())?;
-            tracing::info!("pretrained backbone written to {}", out.display());
+            let overrides = PretrainOverrides {
+                epochs,
+                batch,
+                per_class,
+                valid_images,
+                workers,
+            };
+            run_pretrain(&out, data.as_deref(), &exclude, &work, resume, &overrides)?
+        }
+        Command::PixelBaseline { data } => {
+            let splits = load_splits(&data)?;
+            let report = pixel_baseline::<TrainBackend>(
+                &splits.train,
+                &splits.test,
+                &PixelBaselineConfig::new(),
+                &backend::device(),
+            )?;
+            tracing::info!(
+                "logistic regression on raw pixels: {:.2}% on {} test images (L2 {:e}, chosen on a held-out tenth of the {} training images)",
+                100.0 * report.test_accuracy,
+                report.test_images,
+                report.l2,
+                report.train_images
+            );
+            println!("{}", serde_json::to_string(&report)?);
         }
         Command::BenchStep {
             arch,
@@ -252,6 +313,211 @@ fn run(cli: Cli) -> Result<(), Error> {
     }
     Ok(())
 }
+
+/// What the command line changes in a pretraining recipe.
+struct PretrainOverrides {
+    epochs: Option<usize>,
+    batch: Option<usize>,
+    per_class: Option<usize>,
+    valid_images: Option<usize>,
+    workers: Option<usize>,
+}
+
+/// The file in the work folder that holds the recipe of a pretraining run (read back on resume).
+const RECIPE_FILE: &str = "recipe.json";
+
+/// Pretrains a backbone and writes it to `out` with its recipe (`pretrain.json`) and what it
+/// measured (`pretrain-result.json`).
+fn run_pretrain(
+    out: &Path,
+    data: Option<&Path>,
+    exclude: &[PathBuf],
+    work: &Path,
+    resume: bool,
+    o: &PretrainOverrides,
+) -> Result<(), Error> {
+    let started = std::time::Instant::now();
+    let device = backend::device();
+    std::fs::create_dir_all(work).map_err(|e| format!("{}: {e}", work.display()))?;
+    let recipe_path = work.join(RECIPE_FILE);
+    let artifacts = work.join("training");
+    let resume_epoch = if resume {
+        dmpo_train::last_complete_checkpoint(
+            &artifacts.join("checkpoint"),
+            dmpo_train::CHECKPOINT_EXTENSION,
+        )
+    } else {
+        None
+    };
+    let mut recipe = if resume && recipe_path.is_file() {
+        if o.epochs.is_some()
+            || o.batch.is_some()
+            || o.per_class.is_some()
+            || o.valid_images.is_some()
+        {
+            tracing::warn!(
+                "--resume continues with the saved recipe in {}; --epochs, --batch, \
+                 --per-class and --valid-images are ignored",
+                recipe_path.display()
+            );
+        }
+        PretrainConfig::load(&recipe_path)
+            .map_err(|e| format!("{}: not a pretraining recipe: {e}", recipe_path.display()))?
+    } else {
+        if resume {
+            tracing::warn!("{}: no run to resume; starting afresh", work.display());
+        }
+        let mut r = if data.is_some() {
+            PretrainConfig::new()
+        } else {
+            PretrainConfig::synthetic()
+        };
+        if let Some(e) = o.epochs {
+            r.train.epochs = e.max(1);
+        }
+        if let Some(b) = o.batch {
+            r.train.batch_size = b.max(1);
+        }
+        if let Some(n) = o.per_class {
+            r.per_class = n.max(1);
+        }
+        if let Some(n) = o.valid_images {
+            r.valid_images = n.max(1);
+        }
+        r
+    };
+    if let Some(w) = o.workers {
+        recipe.train.num_workers = w.max(1);
+    }
+    if let Some(e) = resume_epoch {
+        tracing::info!("resuming pretraining after epoch {e}");
+    }
+
+    let mut result = serde_json::json!({
+        "backend": backend::NAME,
+        "epochs": recipe.train.epochs,
+    });
+    let (vit, source) = match data {
+        None => {
+            dmpo_import::write_atomic(&recipe_path, recipe.to_string().as_bytes())?;
+            let vit = pretrain::<TrainBackend>(&recipe, &artifacts, resume_epoch, &device)?;
+            let source = "cargo xtask pretrain: formula-driven synthetic patterns \
+                          (train/src/synthetic.rs), recipe in pretrain.json";
+            (vit, source.to_string())
+        }
+        Some(dir) => {
+            let splits = load_splits(dir)?;
+            let mut train_set = splits.train;
+            let mut excluded = 0;
+            for held in exclude {
+                let held = load_splits(held)?;
+                excluded += exclude_images(&mut train_set, &held.train)?;
+                excluded += exclude_images(&mut train_set, &held.test)?;
+            }
+            if !exclude.is_empty() {
+                tracing::info!(
+                    "{excluded} training images held apart (they appear in {})",
+                    exclude
+                        .iter()
+                        .map(|p| p.display().to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+            }
+            let n = train_set.samples.len();
+            if recipe.valid_images >= n {
+                return Err(format!(
+                    "{}: {n} training images left, too few to hold {} out for validation",
+                    dir.display(),
+                    recipe.valid_images
+                )
+                .into());
+            }
+            let valid_set = train_set.split_off_held_out(recipe.valid_images as f64 / n as f64);
+            recipe.vit.num_classes = train_set.num_classes();
+            dmpo_import::write_atomic(&recipe_path, recipe.to_string().as_bytes())?;
+            tracing::info!(
+                "pretraining on {} images, validating on {} ({} classes)",
+                train_set.samples.len(),
+                valid_set.samples.len(),
+                train_set.num_classes()
+            );
+            let vit = dmpo_train::pretrain_on::<TrainBackend>(
+                &recipe,
+                train_set.clone(),
+                valid_set.clone(),
+                &artifacts,
+                resume_epoch,
+                &device,
+            )?;
+            // Measured once the weights are final: the test split plays no part in training.
+            let preprocess = recipe.preprocess();
+            let acc = |set: &ImageDataset| {
+                backbone_accuracy(&vit, set, &preprocess, recipe.train.batch_size, &device)
+            };
+            let (valid_acc, test_acc) = (acc(&valid_set), acc(&splits.test));
+            tracing::info!(
+                "pretrained backbone: {:.2}% on the {} validation images, {:.2}% on the {} test images",
+                100.0 * valid_acc,
+                valid_set.samples.len(),
+                100.0 * test_acc,
+                splits.test.samples.len()
+            );
+            result["data"] = dir.display().to_string().into();
+            result["train_images"] = train_set.samples.len().into();
+            result["held_apart_images"] = excluded.into();
+            result["held_apart_from"] = exclude
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .into();
+            result["valid_images"] = valid_set.samples.len().into();
+            result["valid_accuracy"] = valid_acc.into();
+            result["test_images"] = splits.test.samples.len().into();
+            result["test_accuracy"] = test_acc.into();
+            let source = format!(
+                "cargo xtask pretrain --data {}: supervised from scratch on its training split \
+                 less {excluded} held-apart images, recipe in pretrain.json",
+                dir.display()
+            );
+            (vit, source)
+        }
+    };
+    // Every epoch's loss and accuracy (training and validation) beside the checkpoints.
+    dmpo_train::write_epoch_metrics(&artifacts, work)?;
+    let preprocess = recipe.preprocess();
+    save_backbone(out, &recipe.vit, &preprocess, vit, &source)?;
+    dmpo_import::write_atomic(&out.join("pretrain.json"), recipe.to_string().as_bytes())?;
+    result["minutes_this_run"] = (started.elapsed().as_secs_f64() / 60.0).into();
+    result["resumed_after_epoch"] = resume_epoch.into();
+    dmpo_import::write_atomic(
+        &out.join("pretrain-result.json"),
+        serde_json::to_string_pretty(&result)?.as_bytes(),
+    )?;
+    tracing::info!("pretrained backbone written to {}", out.display());
+    Ok(())
+}
+
+/// What the embedded demo gets for every setting the command line leaves out: its data is small
+/// (1,800 training images) and its backbone tiny (6 blocks), so exits start after block 1 (a 30 %
+/// budget must be reachable) and the covariance heads get more than width/12 = 8 dimensions.
+struct DemoRecipe {
+    exits: &'static [usize],
+    epochs: usize,
+    lr: f64,
+    adapter_scale: f64,
+    cov_dim: usize,
+    min_crop_scale: f64,
+}
+
+const DEMO: DemoRecipe = DemoRecipe {
+    exits: &[1, 2, 3, 6],
+    epochs: 10,
+    lr: 5e-3,
+    adapter_scale: 1.0,
+    cov_dim: 32,
+    min_crop_scale: 1.0,
+};
 
 /// The training, held-out and test splits the arguments ask for.
 fn datasets(a: &RunArgs) -> Result<(ImageDataset, ImageDataset, ImageDataset), Error> {
@@ -302,11 +568,18 @@ fn tune(a: &RunArgs, baseline: bool, resume: bool, out: &Path) -> Result<EvalRep
     } else {
         DmpoConfig::new(classes.len())
     };
-    dmpo.exits = a.exits.clone();
+    dmpo.exits = match (a.exits.is_empty(), demo) {
+        (true, true) => DEMO.exits.to_vec(),
+        _ => a.exits.clone(),
+    };
+    dmpo.covariance.dim = a.cov_dim.or(demo.then_some(DEMO.cov_dim));
     dmpo.adapter = Some(
         dmpo_model::dmpo::AdapterConfig::new()
             .with_dim(a.adapter_dim)
-            .with_scale(a.adapter_scale.unwrap_or(if demo { 1.0 } else { 0.1 })),
+            .with_scale(
+                a.adapter_scale
+                    .unwrap_or(if demo { DEMO.adapter_scale } else { 0.1 }),
+            ),
     );
     // Seeded before the add-ons are initialised: the same seed gives the same run.
     <TrainBackend as burn::prelude::Backend>::seed(&device, a.seed);
@@ -329,16 +602,21 @@ fn tune(a: &RunArgs, baseline: bool, resume: bool, out: &Path) -> Result<EvalRep
         LossSchedule::new()
     };
     let config = TrainConfig::new()
-        .with_epochs(a.epochs)
+        .with_epochs(a.epochs.unwrap_or(if demo { DEMO.epochs } else { 8 }))
         .with_batch_size(a.batch)
-        .with_lr(a.lr.unwrap_or(if demo { 5e-3 } else { 1e-3 }))
+        .with_lr(a.lr.unwrap_or(if demo { DEMO.lr } else { 1e-3 }))
         .with_warmup_epochs(a.warmup_epochs)
         .with_weight_decay(a.weight_decay)
         .with_label_smoothing(a.label_smoothing)
         .with_seed(a.seed)
         .with_num_workers(a.workers)
         .with_schedule(schedule)
-        .with_augment(!a.no_augment);
+        .with_augment(!a.no_augment)
+        .with_min_crop_scale(a.min_crop_scale.unwrap_or(if demo {
+            DEMO.min_crop_scale
+        } else {
+            0.35
+        }));
     let artifacts = out.join("training");
     let resume_epoch = if resume {
         dmpo_train::last_complete_checkpoint(

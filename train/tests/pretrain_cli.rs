@@ -1,0 +1,185 @@
+//! `dmpo-train pretrain --data`: a backbone pretrained from scratch on a labelled dataset, with a
+//! tuning set's images held apart, resumable, and refusing bad datasets with one clear line.
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Output};
+
+/// A 10-class MNIST-style directory: image `i` is a bar at row 2(i mod 10)+4 with a brightness
+/// that depends on `i`, so the first `n` images of two such files are the same images.
+fn write_idx(dir: &Path, prefix: &str, n: usize, labels: Option<Vec<u8>>) {
+    std::fs::create_dir_all(dir).unwrap();
+    let mut images = vec![0, 0, 8, 3];
+    for v in [n as u32, 28, 28] {
+        images.extend(v.to_be_bytes());
+    }
+    for i in 0..n {
+        let c = i % 10;
+        for y in 0..28 {
+            for x in 0..28 {
+                let on = y / 2 == c + 2 && x > 3 && x < 24;
+                images.push(if on { 100 + i as u8 } else { (x * y % 7) as u8 });
+            }
+        }
+    }
+    let labels = labels.unwrap_or_else(|| (0..n).map(|i| (i % 10) as u8).collect());
+    let mut label_bytes = vec![0, 0, 8, 1];
+    label_bytes.extend((labels.len() as u32).to_be_bytes());
+    label_bytes.extend(labels);
+    for (kind, bytes) in [
+        ("images-idx3-ubyte", images),
+        ("labels-idx1-ubyte", label_bytes),
+    ] {
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(&bytes).unwrap();
+        std::fs::write(
+            dir.join(format!("{prefix}-{kind}.gz")),
+            gz.finish().unwrap(),
+        )
+        .unwrap();
+    }
+}
+
+/// A short pretraining of the demo architecture on `data`, holding `exclude` apart.
+fn pretrain(data: &Path, exclude: &Path, work: &Path, out: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_dmpo-train"));
+    cmd.arg("pretrain")
+        .arg("--data")
+        .arg(data)
+        .arg("--exclude")
+        .arg(exclude)
+        .arg("--work")
+        .arg(work)
+        .arg("--out")
+        .arg(out)
+        .args(["--epochs", "2", "--batch", "32", "--valid-images", "26"])
+        .args(["--workers", "2"]);
+    cmd
+}
+
+fn ok(output: Output) -> String {
+    let stderr = String::from_utf8_lossy(&output.stderr).to_string();
+    assert!(output.status.success(), "{stderr}");
+    stderr
+}
+
+fn json(path: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+#[test]
+fn pretraining_holds_the_tuning_images_apart_and_resumes_to_the_same_weights() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, demo) = (dir.path().join("data"), dir.path().join("demo"));
+    write_idx(&data, "train", 150, None);
+    write_idx(&data, "t10k", 30, None);
+    // The "demo subset": the first 20 training images (and 5 test images, never in training).
+    write_idx(&demo, "train", 20, None);
+    write_idx(&demo, "t10k", 5, None);
+
+    let (work, out) = (dir.path().join("work"), dir.path().join("backbone"));
+    ok(pretrain(&data, &demo, &work, &out).output().unwrap());
+    let result = json(&out.join("pretrain-result.json"));
+    assert_eq!(result["held_apart_images"], 20, "{result}");
+    assert_eq!(result["train_images"], 150 - 20 - 26, "{result}");
+    assert_eq!(result["valid_images"], 26, "{result}");
+    assert_eq!(result["test_images"], 30, "{result}");
+    assert!(result["test_accuracy"].as_f64().unwrap() >= 0.0);
+    let recipe = json(&out.join("pretrain.json"));
+    assert_eq!(recipe["vit"]["num_classes"], 10);
+    assert_eq!(recipe["train"]["epochs"], 2);
+    // The backbone loads as any other.
+    let config = json(&out.join("config.json"));
+    assert!(config["source"].as_str().unwrap().contains("held-apart"));
+
+    // The same run interrupted after epoch 1: its work folder without epoch 2's checkpoint.
+    let resumed_work = dir.path().join("resumed-work");
+    copy_dir(&work, &resumed_work);
+    for part in ["model", "optim", "scheduler"] {
+        std::fs::remove_file(resumed_work.join(format!("training/checkpoint/{part}-2.mpk")))
+            .unwrap();
+    }
+    let resumed_out = dir.path().join("resumed-backbone");
+    let stderr = ok(pretrain(&data, &demo, &resumed_work, &resumed_out)
+        .arg("--resume")
+        .output()
+        .unwrap());
+    assert!(
+        stderr.contains("resuming pretraining after epoch 1"),
+        "{stderr}"
+    );
+    assert_eq!(
+        json(&resumed_out.join("config.json"))["weights_sha256"],
+        config["weights_sha256"],
+        "resumed pretraining ended with other weights than the uninterrupted run"
+    );
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+/// Runs pretraining on `data` and returns its stderr, which must be an error.
+fn refused(data: &Path) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_dmpo-train"))
+        .arg("pretrain")
+        .arg("--data")
+        .arg(data)
+        .arg("--work")
+        .arg(dir.path().join("work"))
+        .arg("--out")
+        .arg(dir.path().join("out"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr).to_string();
+    assert!(!output.status.success(), "accepted: {stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(
+        !dir.path().join("out").exists(),
+        "wrote a backbone: {stderr}"
+    );
+    stderr
+}
+
+#[test]
+fn bad_datasets_are_refused_with_a_line_naming_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+
+    let empty = dir.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    let msg = refused(&empty);
+    assert!(
+        msg.contains(&empty.display().to_string()) && msg.contains("no dataset found"),
+        "{msg}"
+    );
+
+    let short = dir.path().join("short");
+    write_idx(&short, "train", 30, Some(vec![1; 29]));
+    write_idx(&short, "t10k", 10, None);
+    let msg = refused(&short);
+    assert!(
+        msg.contains("train-labels-idx1-ubyte.gz") && msg.contains("29 labels for 30 images"),
+        "{msg}"
+    );
+
+    let out_of_range = dir.path().join("range");
+    let mut labels: Vec<u8> = (0..30).map(|i| i % 10).collect();
+    labels[7] = 42;
+    write_idx(&out_of_range, "train", 30, Some(labels));
+    write_idx(&out_of_range, "t10k", 10, None);
+    let msg = refused(&out_of_range);
+    assert!(
+        msg.contains("train-labels-idx1-ubyte.gz") && msg.contains("label 42 is out of range"),
+        "{msg}"
+    );
+}
