@@ -47,6 +47,9 @@ pub struct PretrainConfig {
     /// so every class is represented). The test split is never read while pretraining.
     #[config(default = 2000)]
     pub valid_images: usize,
+    /// The backbone the weights start from (a second stage); `None`: random initialisation.
+    #[config(default = "None")]
+    pub init: Option<String>,
     #[config(
         default = "TrainConfig::new().with_epochs(10).with_lr(2e-3).with_min_lr(1e-5).with_warmup_epochs(1).with_weight_decay(0.05).with_batch_size(128).with_min_crop_scale(1.0).with_label_smoothing(0.1)"
     )]
@@ -113,11 +116,14 @@ pub fn pretrain<B: AutodiffBackend>(
     resume_epoch: Option<usize>,
     device: &B::Device,
 ) -> Result<VisionTransformer<B::InnerBackend>, TrainError> {
+    B::seed(device, config.train.seed);
     let size = config.vit.img_size as u32;
     let train_set = synthetic_dataset(config.per_class, size, config.train.seed);
     let valid_set = synthetic_dataset(config.valid_per_class, size, config.train.seed + 1);
+    let vit = config.vit.init::<B>(device);
     pretrain_on::<B>(
         config,
+        vit,
         train_set,
         valid_set,
         artifact_dir,
@@ -126,20 +132,21 @@ pub fn pretrain<B: AutodiffBackend>(
     )
 }
 
-/// Pretrains a backbone by `config` on `train_set`, validating on `valid_set` after every
-/// epoch; checkpoints in `artifact_dir`, resumable after `resume_epoch`.
+/// Trains `vit` (fresh from `config.vit.init`, or a backbone to train further) by `config` on
+/// `train_set`, validating on `valid_set` after every epoch; checkpoints in `artifact_dir`,
+/// resumable after `resume_epoch`.
 pub fn pretrain_on<B: AutodiffBackend>(
     config: &PretrainConfig,
+    vit: VisionTransformer<B>,
     train_set: ImageDataset,
     valid_set: ImageDataset,
     artifact_dir: &Path,
     resume_epoch: Option<usize>,
     device: &B::Device,
 ) -> Result<VisionTransformer<B::InnerBackend>, TrainError> {
-    B::seed(device, config.train.seed);
     let preprocess = config.preprocess();
     let trainee = PretrainTrainee {
-        vit: config.vit.init::<B>(device),
+        vit,
         label_smoothing: config.train.label_smoothing,
         weight_decay: config.train.weight_decay,
         guard: LossGuard::default(),

@@ -40,8 +40,8 @@ fn write_idx(dir: &Path, prefix: &str, n: usize, labels: Option<Vec<u8>>) {
     }
 }
 
-/// A short pretraining of the demo architecture on `data`, holding `exclude` apart.
-fn pretrain(data: &Path, exclude: &Path, work: &Path, out: &Path) -> Command {
+/// A short pretraining (`epochs`) of the demo architecture on `data`, holding `exclude` apart.
+fn pretrain(data: &Path, exclude: &Path, work: &Path, out: &Path, epochs: &str) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_dmpo-train"));
     cmd.arg("pretrain")
         .arg("--data")
@@ -52,7 +52,7 @@ fn pretrain(data: &Path, exclude: &Path, work: &Path, out: &Path) -> Command {
         .arg(work)
         .arg("--out")
         .arg(out)
-        .args(["--epochs", "2", "--batch", "32", "--valid-images", "26"])
+        .args(["--epochs", epochs, "--batch", "32", "--valid-images", "26"])
         .args(["--workers", "2"]);
     cmd
 }
@@ -78,7 +78,7 @@ fn pretraining_holds_the_tuning_images_apart_and_resumes_to_the_same_weights() {
     write_idx(&demo, "t10k", 5, None);
 
     let (work, out) = (dir.path().join("work"), dir.path().join("backbone"));
-    ok(pretrain(&data, &demo, &work, &out).output().unwrap());
+    ok(pretrain(&data, &demo, &work, &out, "2").output().unwrap());
     let result = json(&out.join("pretrain-result.json"));
     assert_eq!(result["held_apart_images"], 20, "{result}");
     assert_eq!(result["train_images"], 150 - 20 - 26, "{result}");
@@ -100,7 +100,7 @@ fn pretraining_holds_the_tuning_images_apart_and_resumes_to_the_same_weights() {
             .unwrap();
     }
     let resumed_out = dir.path().join("resumed-backbone");
-    let stderr = ok(pretrain(&data, &demo, &resumed_work, &resumed_out)
+    let stderr = ok(pretrain(&data, &demo, &resumed_work, &resumed_out, "2")
         .arg("--resume")
         .output()
         .unwrap());
@@ -112,6 +112,26 @@ fn pretraining_holds_the_tuning_images_apart_and_resumes_to_the_same_weights() {
         json(&resumed_out.join("config.json"))["weights_sha256"],
         config["weights_sha256"],
         "resumed pretraining ended with other weights than the uninterrupted run"
+    );
+
+    // A second stage: the pretrained backbone trained further, from its own weights.
+    let (work2, out2) = (dir.path().join("work2"), dir.path().join("stage2"));
+    ok(pretrain(&data, &demo, &work2, &out2, "1")
+        .arg("--init")
+        .arg(&out)
+        .args(["--lr", "1e-4", "--warmup-epochs", "0"])
+        .output()
+        .unwrap());
+    let recipe2 = json(&out2.join("pretrain.json"));
+    assert_eq!(recipe2["init"], out.display().to_string());
+    assert_eq!(recipe2["train"]["warmup_epochs"], 0);
+    let config2 = json(&out2.join("config.json"));
+    assert_ne!(config2["weights_sha256"], config["weights_sha256"]);
+    assert!(
+        config2["source"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("from {}", out.display()))
     );
 }
 

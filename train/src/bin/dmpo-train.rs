@@ -69,6 +69,17 @@ enum Command {
         /// Continue the run in --work from its last complete checkpoint, with its saved recipe.
         #[arg(long)]
         resume: bool,
+        /// Start from this backbone's weights instead of a random initialisation (a second
+        /// stage: train a pretrained backbone further, usually with a lower --lr); it must have
+        /// the recipe's architecture.
+        #[arg(long)]
+        init: Option<PathBuf>,
+        /// Override the recipe's peak learning rate.
+        #[arg(long)]
+        lr: Option<f64>,
+        /// Override the recipe's warm-up epochs.
+        #[arg(long)]
+        warmup_epochs: Option<usize>,
         /// Override the recipe's epochs.
         #[arg(long)]
         epochs: Option<usize>,
@@ -238,6 +249,9 @@ fn run(cli: Cli) -> Result<(), Error> {
             exclude,
             work,
             resume,
+            init,
+            lr,
+            warmup_epochs,
             epochs,
             batch,
             per_class,
@@ -245,6 +259,9 @@ fn run(cli: Cli) -> Result<(), Error> {
             workers,
         } => {
             let overrides = PretrainOverrides {
+                init,
+                lr,
+                warmup_epochs,
                 epochs,
                 batch,
                 per_class,
@@ -316,6 +333,9 @@ fn run(cli: Cli) -> Result<(), Error> {
 
 /// What the command line changes in a pretraining recipe.
 struct PretrainOverrides {
+    init: Option<PathBuf>,
+    lr: Option<f64>,
+    warmup_epochs: Option<usize>,
     epochs: Option<usize>,
     batch: Option<usize>,
     per_class: Option<usize>,
@@ -351,13 +371,16 @@ fn run_pretrain(
     };
     let mut recipe = if resume && recipe_path.is_file() {
         if o.epochs.is_some()
+            || o.init.is_some()
+            || o.lr.is_some()
+            || o.warmup_epochs.is_some()
             || o.batch.is_some()
             || o.per_class.is_some()
             || o.valid_images.is_some()
         {
             tracing::warn!(
-                "--resume continues with the saved recipe in {}; --epochs, --batch, \
-                 --per-class and --valid-images are ignored",
+                "--resume continues with the saved recipe in {}; --init, --lr, \
+                 --warmup-epochs, --epochs, --batch, --per-class and --valid-images are ignored",
                 recipe_path.display()
             );
         }
@@ -384,6 +407,13 @@ fn run_pretrain(
         if let Some(n) = o.valid_images {
             r.valid_images = n.max(1);
         }
+        if let Some(lr) = o.lr {
+            r.train.lr = lr;
+        }
+        if let Some(w) = o.warmup_epochs {
+            r.train.warmup_epochs = w;
+        }
+        r.init = o.init.as_ref().map(|p| p.display().to_string());
         r
     };
     if let Some(w) = o.workers {
@@ -396,10 +426,33 @@ fn run_pretrain(
     let mut result = serde_json::json!({
         "backend": backend::NAME,
         "epochs": recipe.train.epochs,
+        "init": recipe.init,
     });
+    // Seeded before the weights are drawn: the same recipe gives the same run.
+    <TrainBackend as burn::prelude::Backend>::seed(&device, recipe.train.seed);
+    let initial = |recipe: &PretrainConfig| -> Result<_, Error> {
+        let Some(init) = &recipe.init else {
+            return Ok(recipe.vit.init::<TrainBackend>(&device));
+        };
+        let (info, vit) =
+            load_any::<TrainBackend>(Path::new(init), &ImportOptions::default(), &device)?;
+        if info.vit.to_string() != recipe.vit.to_string() {
+            return Err(format!(
+                "{init}: its architecture differs from the recipe's ({} vs {})",
+                info.vit, recipe.vit
+            )
+            .into());
+        }
+        Ok(vit)
+    };
     let (vit, source) = match data {
         None => {
             dmpo_import::write_atomic(&recipe_path, recipe.to_string().as_bytes())?;
+            if recipe.init.is_some() {
+                return Err(
+                    "--init needs --data: synthetic pretraining starts from scratch".into(),
+                );
+            }
             let vit = pretrain::<TrainBackend>(&recipe, &artifacts, resume_epoch, &device)?;
             let source = "cargo xtask pretrain: formula-driven synthetic patterns \
                           (train/src/synthetic.rs), recipe in pretrain.json";
@@ -444,6 +497,7 @@ fn run_pretrain(
             );
             let vit = dmpo_train::pretrain_on::<TrainBackend>(
                 &recipe,
+                initial(&recipe)?,
                 train_set.clone(),
                 valid_set.clone(),
                 &artifacts,
@@ -475,8 +529,12 @@ fn run_pretrain(
             result["valid_accuracy"] = valid_acc.into();
             result["test_images"] = splits.test.samples.len().into();
             result["test_accuracy"] = test_acc.into();
+            let start = match &recipe.init {
+                Some(init) => format!("from {init}"),
+                None => "from scratch".to_string(),
+            };
             let source = format!(
-                "cargo xtask pretrain --data {}: supervised from scratch on its training split \
+                "cargo xtask pretrain --data {}: supervised {start} on its training split \
                  less {excluded} held-apart images, recipe in pretrain.json",
                 dir.display()
             );
