@@ -2,7 +2,6 @@
 //! self-contained model folder that loads, runs early exit with its calibrated thresholds, and
 //! explains what to do when thresholds are missing.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -10,43 +9,13 @@ use burn::backend::NdArray;
 use burn::prelude::*;
 use dmpo_infer::{load_model_dir, read_model_info, run_early_exit, write_model_info};
 
+mod common;
+use common::write_idx;
+
 fn fixture(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("../tests/fixtures/timm")
         .join(name)
-}
-
-/// A 10-class MNIST-style directory: class c is a bar at row 2c+4 (so it can be learnt).
-fn write_idx(dir: &Path, prefix: &str, n: usize) {
-    let mut images = vec![0, 0, 8, 3];
-    for v in [n as u32, 28, 28] {
-        images.extend(v.to_be_bytes());
-    }
-    let mut labels = vec![0, 0, 8, 1];
-    labels.extend((n as u32).to_be_bytes());
-    for i in 0..n {
-        let c = i % 10;
-        for y in 0..28 {
-            for x in 0..28 {
-                let on = y / 2 == c + 2 && x > 3 && x < 24;
-                images.push(if on {
-                    200 + (i % 50) as u8
-                } else {
-                    (x * y % 7) as u8
-                });
-            }
-        }
-        labels.push(c as u8);
-    }
-    for (kind, bytes) in [("images-idx3-ubyte", images), ("labels-idx1-ubyte", labels)] {
-        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-        gz.write_all(&bytes).unwrap();
-        std::fs::write(
-            dir.join(format!("{prefix}-{kind}.gz")),
-            gz.finish().unwrap(),
-        )
-        .unwrap();
-    }
 }
 
 #[test]
@@ -54,8 +23,8 @@ fn train_writes_a_model_folder_that_infers_with_early_exit() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     std::fs::create_dir(&data).unwrap();
-    write_idx(&data, "train", 200);
-    write_idx(&data, "t10k", 60);
+    write_idx(&data, "train", 200, None);
+    write_idx(&data, "t10k", 60, None);
     let out = dir.path().join("model");
     let status = train_command(dir.path(), &out)
         .args([
@@ -165,8 +134,8 @@ fn a_run_killed_mid_epoch_resumes_to_the_same_model_as_an_uninterrupted_one() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     std::fs::create_dir(&data).unwrap();
-    write_idx(&data, "train", 160);
-    write_idx(&data, "t10k", 40);
+    write_idx(&data, "train", 160, None);
+    write_idx(&data, "t10k", 40, None);
 
     let whole = dir.path().join("whole");
     let done = resumable_run(dir.path(), &whole).output().unwrap();

@@ -1,44 +1,11 @@
 //! `dmpo-train pretrain --data`: a backbone pretrained from scratch on a labelled dataset, with a
 //! tuning set's images held apart, resumable, and refusing bad datasets with one clear line.
 
-use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Output};
 
-/// A 10-class MNIST-style directory: image `i` is a bar at row 2(i mod 10)+4 with a brightness
-/// that depends on `i`, so the first `n` images of two such files are the same images.
-fn write_idx(dir: &Path, prefix: &str, n: usize, labels: Option<Vec<u8>>) {
-    std::fs::create_dir_all(dir).unwrap();
-    let mut images = vec![0, 0, 8, 3];
-    for v in [n as u32, 28, 28] {
-        images.extend(v.to_be_bytes());
-    }
-    for i in 0..n {
-        let c = i % 10;
-        for y in 0..28 {
-            for x in 0..28 {
-                let on = y / 2 == c + 2 && x > 3 && x < 24;
-                images.push(if on { 100 + i as u8 } else { (x * y % 7) as u8 });
-            }
-        }
-    }
-    let labels = labels.unwrap_or_else(|| (0..n).map(|i| (i % 10) as u8).collect());
-    let mut label_bytes = vec![0, 0, 8, 1];
-    label_bytes.extend((labels.len() as u32).to_be_bytes());
-    label_bytes.extend(labels);
-    for (kind, bytes) in [
-        ("images-idx3-ubyte", images),
-        ("labels-idx1-ubyte", label_bytes),
-    ] {
-        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-        gz.write_all(&bytes).unwrap();
-        std::fs::write(
-            dir.join(format!("{prefix}-{kind}.gz")),
-            gz.finish().unwrap(),
-        )
-        .unwrap();
-    }
-}
+mod common;
+use common::write_idx;
 
 /// A short pretraining (`epochs`) of the demo architecture on `data`, holding `exclude` apart.
 fn pretrain(data: &Path, exclude: &Path, work: &Path, out: &Path, epochs: &str) -> Command {

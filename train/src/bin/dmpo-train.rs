@@ -52,50 +52,7 @@ enum Command {
     /// Pretrain a small ViT from scratch, supervised: on a labelled dataset (`--data`; the
     /// embedded demo backbone is Fashion-MNIST's training split less the demo's images), or on
     /// formula-driven synthetic images when no dataset is given.
-    Pretrain {
-        #[arg(long, default_value = DEFAULT_BACKBONE)]
-        out: PathBuf,
-        /// A labelled dataset (any layout `train` reads); only its training split is used for
-        /// training and validation. Without it: synthetic patterns.
-        #[arg(long)]
-        data: Option<PathBuf>,
-        /// Datasets whose images (both splits, matched by pixels) are removed from the
-        /// pretraining data, e.g. the demo subset the backbone will later be tuned on.
-        #[arg(long)]
-        exclude: Vec<PathBuf>,
-        /// Checkpoints, the recipe and Burn's logs of the run, for `--resume`.
-        #[arg(long, default_value = DEFAULT_PRETRAIN_WORK)]
-        work: PathBuf,
-        /// Continue the run in --work from its last complete checkpoint, with its saved recipe.
-        #[arg(long)]
-        resume: bool,
-        /// Start from this backbone's weights instead of a random initialisation (a second
-        /// stage: train a pretrained backbone further, usually with a lower --lr); it must have
-        /// the recipe's architecture.
-        #[arg(long)]
-        init: Option<PathBuf>,
-        /// Override the recipe's peak learning rate.
-        #[arg(long)]
-        lr: Option<f64>,
-        /// Override the recipe's warm-up epochs.
-        #[arg(long)]
-        warmup_epochs: Option<usize>,
-        /// Override the recipe's epochs.
-        #[arg(long)]
-        epochs: Option<usize>,
-        /// Override the recipe's batch size.
-        #[arg(long)]
-        batch: Option<usize>,
-        /// Override the recipe's synthetic images per class (synthetic pretraining only).
-        #[arg(long)]
-        per_class: Option<usize>,
-        /// Override the recipe's training images held out for validation (dataset only).
-        #[arg(long)]
-        valid_images: Option<usize>,
-        /// Threads decoding and augmenting images.
-        #[arg(long)]
-        workers: Option<usize>,
-    },
+    Pretrain(PretrainArgs),
     /// Time the training step (forward of every exit, loss, backward, AdamW) on random images of
     /// a randomly initialised timm architecture; prints one JSON line (images/s, peak memory).
     /// Against PyTorch: `benches/bench_train_vs_torch.py`.
@@ -243,33 +200,7 @@ fn run(cli: Cli) -> Result<(), Error> {
             write_report(&run.out, "compare", &[dmpo, base])?;
             tracing::info!("wrote {}/compare.{{json,csv,svg}}", run.out.display());
         }
-        Command::Pretrain {
-            out,
-            data,
-            exclude,
-            work,
-            resume,
-            init,
-            lr,
-            warmup_epochs,
-            epochs,
-            batch,
-            per_class,
-            valid_images,
-            workers,
-        } => {
-            let overrides = PretrainOverrides {
-                init,
-                lr,
-                warmup_epochs,
-                epochs,
-                batch,
-                per_class,
-                valid_images,
-                workers,
-            };
-            run_pretrain(&out, data.as_deref(), &exclude, &work, resume, &overrides)?
-        }
+        Command::Pretrain(args) => run_pretrain(&args)?,
         Command::PixelBaseline { data } => {
             let splits = load_splits(&data)?;
             let report = pixel_baseline::<TrainBackend>(
@@ -331,15 +262,51 @@ fn run(cli: Cli) -> Result<(), Error> {
     Ok(())
 }
 
-/// What the command line changes in a pretraining recipe.
-struct PretrainOverrides {
+/// `pretrain`'s arguments: where the data and the outputs are, and what the command line
+/// changes in the recipe.
+#[derive(Args)]
+struct PretrainArgs {
+    #[arg(long, default_value = DEFAULT_BACKBONE)]
+    out: PathBuf,
+    /// A labelled dataset (any layout `train` reads); only its training split is used for
+    /// training and validation. Without it: synthetic patterns.
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Datasets whose images (both splits, matched by pixels) are removed from the
+    /// pretraining data, e.g. the demo subset the backbone will later be tuned on.
+    #[arg(long)]
+    exclude: Vec<PathBuf>,
+    /// Checkpoints, the recipe and Burn's logs of the run, for `--resume`.
+    #[arg(long, default_value = DEFAULT_PRETRAIN_WORK)]
+    work: PathBuf,
+    /// Continue the run in --work from its last complete checkpoint, with its saved recipe.
+    #[arg(long)]
+    resume: bool,
+    /// Start from this backbone's weights instead of a random initialisation (a second
+    /// stage: train a pretrained backbone further, usually with a lower --lr); it must have
+    /// the recipe's architecture.
+    #[arg(long)]
     init: Option<PathBuf>,
+    /// Override the recipe's peak learning rate.
+    #[arg(long)]
     lr: Option<f64>,
+    /// Override the recipe's warm-up epochs.
+    #[arg(long)]
     warmup_epochs: Option<usize>,
+    /// Override the recipe's epochs.
+    #[arg(long)]
     epochs: Option<usize>,
+    /// Override the recipe's batch size.
+    #[arg(long)]
     batch: Option<usize>,
+    /// Override the recipe's synthetic images per class (synthetic pretraining only).
+    #[arg(long)]
     per_class: Option<usize>,
+    /// Override the recipe's training images held out for validation (dataset only).
+    #[arg(long)]
     valid_images: Option<usize>,
+    /// Threads decoding and augmenting images.
+    #[arg(long)]
     workers: Option<usize>,
 }
 
@@ -348,20 +315,14 @@ const RECIPE_FILE: &str = "recipe.json";
 
 /// Pretrains a backbone and writes it to `out` with its recipe (`pretrain.json`) and what it
 /// measured (`pretrain-result.json`).
-fn run_pretrain(
-    out: &Path,
-    data: Option<&Path>,
-    exclude: &[PathBuf],
-    work: &Path,
-    resume: bool,
-    o: &PretrainOverrides,
-) -> Result<(), Error> {
+fn run_pretrain(o: &PretrainArgs) -> Result<(), Error> {
+    let (out, data, exclude, work) = (&o.out, o.data.as_deref(), &o.exclude, &o.work);
     let started = std::time::Instant::now();
     let device = backend::device();
     std::fs::create_dir_all(work).map_err(|e| format!("{}: {e}", work.display()))?;
     let recipe_path = work.join(RECIPE_FILE);
     let artifacts = work.join("training");
-    let resume_epoch = if resume {
+    let resume_epoch = if o.resume {
         dmpo_train::last_complete_checkpoint(
             &artifacts.join("checkpoint"),
             dmpo_train::CHECKPOINT_EXTENSION,
@@ -369,7 +330,7 @@ fn run_pretrain(
     } else {
         None
     };
-    let mut recipe = if resume && recipe_path.is_file() {
+    let mut recipe = if o.resume && recipe_path.is_file() {
         if o.epochs.is_some()
             || o.init.is_some()
             || o.lr.is_some()
@@ -387,7 +348,7 @@ fn run_pretrain(
         PretrainConfig::load(&recipe_path)
             .map_err(|e| format!("{}: not a pretraining recipe: {e}", recipe_path.display()))?
     } else {
-        if resume {
+        if o.resume {
             tracing::warn!("{}: no run to resume; starting afresh", work.display());
         }
         let mut r = if data.is_some() {
