@@ -22,15 +22,16 @@ fn fingerprint(sample: &dmpo_infer::data::Sample) -> Result<[u8; 32], DataError>
     Ok(hash.finalize().into())
 }
 
-/// Removes from `pretrain` every sample whose pixels equal those of a sample in `held`; returns
-/// how many were removed.
+/// Removes from `pretrain` every sample whose pixels equal those of a sample in any of `held`;
+/// returns how many were removed. Each pretraining image is fingerprinted once, however many
+/// sets are held apart.
 pub fn exclude_images(
     pretrain: &mut ImageDataset,
-    held: &ImageDataset,
+    held: &[&ImageDataset],
 ) -> Result<usize, DataError> {
     let held: HashSet<[u8; 32]> = held
-        .samples
         .iter()
+        .flat_map(|set| &set.samples)
         .map(fingerprint)
         .collect::<Result<_, _>>()?;
     let before = pretrain.samples.len();
@@ -71,7 +72,7 @@ mod tests {
     #[test]
     fn images_of_the_held_set_are_removed_by_content_duplicates_included() {
         let mut pretrain = set(&[1, 2, 3, 2, 4, 5]);
-        let removed = exclude_images(&mut pretrain, &set(&[2, 5, 9])).unwrap();
+        let removed = exclude_images(&mut pretrain, &[&set(&[2, 9]), &set(&[5])]).unwrap();
         assert_eq!(removed, 3);
         let left: Vec<u8> = pretrain
             .samples

@@ -406,14 +406,12 @@ fn run_pretrain(o: &PretrainArgs) -> Result<(), Error> {
         }
         Ok(vit)
     };
+    if recipe.init.is_some() && data.is_none() {
+        return Err("--init needs --data: synthetic pretraining starts from scratch".into());
+    }
     let (vit, source) = match data {
         None => {
             dmpo_import::write_atomic(&recipe_path, recipe.to_string().as_bytes())?;
-            if recipe.init.is_some() {
-                return Err(
-                    "--init needs --data: synthetic pretraining starts from scratch".into(),
-                );
-            }
             let vit = pretrain::<TrainBackend>(&recipe, &artifacts, resume_epoch, &device)?;
             let source = "cargo xtask pretrain: formula-driven synthetic patterns \
                           (train/src/synthetic.rs), recipe in pretrain.json";
@@ -422,20 +420,19 @@ fn run_pretrain(o: &PretrainArgs) -> Result<(), Error> {
         Some(dir) => {
             let splits = load_splits(dir)?;
             let mut train_set = splits.train;
-            let mut excluded = 0;
-            for held in exclude {
-                let held = load_splits(held)?;
-                excluded += exclude_images(&mut train_set, &held.train)?;
-                excluded += exclude_images(&mut train_set, &held.test)?;
-            }
+            let held = exclude
+                .iter()
+                .map(|p| load_splits(p))
+                .collect::<Result<Vec<_>, _>>()?;
+            let held_sets: Vec<&ImageDataset> =
+                held.iter().flat_map(|s| [&s.train, &s.test]).collect();
+            let excluded = exclude_images(&mut train_set, &held_sets)?;
+            let held_apart_from: Vec<String> =
+                exclude.iter().map(|p| p.display().to_string()).collect();
             if !exclude.is_empty() {
                 tracing::info!(
                     "{excluded} training images held apart (they appear in {})",
-                    exclude
-                        .iter()
-                        .map(|p| p.display().to_string())
-                        .collect::<Vec<_>>()
-                        .join(", ")
+                    held_apart_from.join(", ")
                 );
             }
             let n = train_set.samples.len();
@@ -450,16 +447,16 @@ fn run_pretrain(o: &PretrainArgs) -> Result<(), Error> {
             let valid_set = train_set.split_off_held_out(recipe.valid_images as f64 / n as f64);
             recipe.vit.num_classes = train_set.num_classes();
             dmpo_import::write_atomic(&recipe_path, recipe.to_string().as_bytes())?;
+            let train_images = train_set.samples.len();
             tracing::info!(
-                "pretraining on {} images, validating on {} ({} classes)",
-                train_set.samples.len(),
+                "pretraining on {train_images} images, validating on {} ({} classes)",
                 valid_set.samples.len(),
                 train_set.num_classes()
             );
             let vit = dmpo_train::pretrain_on::<TrainBackend>(
                 &recipe,
                 initial(&recipe)?,
-                train_set.clone(),
+                train_set,
                 valid_set.clone(),
                 &artifacts,
                 resume_epoch,
@@ -479,13 +476,9 @@ fn run_pretrain(o: &PretrainArgs) -> Result<(), Error> {
                 splits.test.samples.len()
             );
             result["data"] = dir.display().to_string().into();
-            result["train_images"] = train_set.samples.len().into();
+            result["train_images"] = train_images.into();
             result["held_apart_images"] = excluded.into();
-            result["held_apart_from"] = exclude
-                .iter()
-                .map(|p| p.display().to_string())
-                .collect::<Vec<_>>()
-                .into();
+            result["held_apart_from"] = held_apart_from.into();
             result["valid_images"] = valid_set.samples.len().into();
             result["valid_accuracy"] = valid_acc.into();
             result["test_images"] = splits.test.samples.len().into();
@@ -517,24 +510,38 @@ fn run_pretrain(o: &PretrainArgs) -> Result<(), Error> {
     Ok(())
 }
 
-/// What the embedded demo gets for every setting the command line leaves out: its data is small
-/// (1,800 training images) and its backbone tiny (6 blocks), so exits start after block 1 (a 30 %
-/// budget must be reachable) and the covariance heads get more than width/12 = 8 dimensions.
-struct DemoRecipe {
+/// What `train` uses for every setting the command line leaves out.
+struct TuneDefaults {
+    /// Empty: every depth/4 blocks.
     exits: &'static [usize],
     epochs: usize,
     lr: f64,
     adapter_scale: f64,
-    cov_dim: usize,
+    /// `None`: width/12, at least 8.
+    cov_dim: Option<usize>,
     min_crop_scale: f64,
 }
 
-const DEMO: DemoRecipe = DemoRecipe {
+/// The library's defaults, for datasets of useful size (DyT / VTAB peers, `docs/method.md`).
+const GENERAL: TuneDefaults = TuneDefaults {
+    exits: &[],
+    epochs: 8,
+    lr: 1e-3,
+    adapter_scale: 0.1,
+    cov_dim: None,
+    min_crop_scale: 0.35,
+};
+
+/// The embedded demo: its data is small (1,800 training images) and its backbone tiny (6
+/// blocks), so exits start after block 1 (a 30 % budget must be reachable), the covariance heads
+/// get more than width/12 = 8 dimensions, the adapters a full-scale branch (as DyT uses for small
+/// VTAB-1k sets), and crops are off (the backbone saw whole, centred 28×28 images).
+const DEMO: TuneDefaults = TuneDefaults {
     exits: &[1, 2, 3, 6],
     epochs: 10,
     lr: 5e-3,
     adapter_scale: 1.0,
-    cov_dim: 32,
+    cov_dim: Some(32),
     min_crop_scale: 1.0,
 };
 
@@ -555,7 +562,11 @@ fn datasets(a: &RunArgs) -> Result<(ImageDataset, ImageDataset, ImageDataset), E
 fn tune(a: &RunArgs, baseline: bool, resume: bool, out: &Path) -> Result<EvalReport, Error> {
     let device = backend::device();
     // The embedded demo data is small: it gets the small-data recipe unless told otherwise.
-    let demo = a.data == Path::new(DEFAULT_DATA);
+    let defaults = if a.data == Path::new(DEFAULT_DATA) {
+        &DEMO
+    } else {
+        &GENERAL
+    };
     std::fs::create_dir_all(out).map_err(|e| format!("{}: {e}", out.display()))?;
     let (train_set, held_out, test) = datasets(a)?;
     let classes = train_set.classes.clone();
@@ -587,18 +598,16 @@ fn tune(a: &RunArgs, baseline: bool, resume: bool, out: &Path) -> Result<EvalRep
     } else {
         DmpoConfig::new(classes.len())
     };
-    dmpo.exits = match (a.exits.is_empty(), demo) {
-        (true, true) => DEMO.exits.to_vec(),
-        _ => a.exits.clone(),
+    dmpo.exits = if a.exits.is_empty() {
+        defaults.exits.to_vec()
+    } else {
+        a.exits.clone()
     };
-    dmpo.covariance.dim = a.cov_dim.or(demo.then_some(DEMO.cov_dim));
+    dmpo.covariance.dim = a.cov_dim.or(defaults.cov_dim);
     dmpo.adapter = Some(
         dmpo_model::dmpo::AdapterConfig::new()
             .with_dim(a.adapter_dim)
-            .with_scale(
-                a.adapter_scale
-                    .unwrap_or(if demo { DEMO.adapter_scale } else { 0.1 }),
-            ),
+            .with_scale(a.adapter_scale.unwrap_or(defaults.adapter_scale)),
     );
     // Seeded before the add-ons are initialised: the same seed gives the same run.
     <TrainBackend as burn::prelude::Backend>::seed(&device, a.seed);
@@ -621,9 +630,9 @@ fn tune(a: &RunArgs, baseline: bool, resume: bool, out: &Path) -> Result<EvalRep
         LossSchedule::new()
     };
     let config = TrainConfig::new()
-        .with_epochs(a.epochs.unwrap_or(if demo { DEMO.epochs } else { 8 }))
+        .with_epochs(a.epochs.unwrap_or(defaults.epochs))
         .with_batch_size(a.batch)
-        .with_lr(a.lr.unwrap_or(if demo { DEMO.lr } else { 1e-3 }))
+        .with_lr(a.lr.unwrap_or(defaults.lr))
         .with_warmup_epochs(a.warmup_epochs)
         .with_weight_decay(a.weight_decay)
         .with_label_smoothing(a.label_smoothing)
@@ -631,11 +640,7 @@ fn tune(a: &RunArgs, baseline: bool, resume: bool, out: &Path) -> Result<EvalRep
         .with_num_workers(a.workers)
         .with_schedule(schedule)
         .with_augment(!a.no_augment)
-        .with_min_crop_scale(a.min_crop_scale.unwrap_or(if demo {
-            DEMO.min_crop_scale
-        } else {
-            0.35
-        }));
+        .with_min_crop_scale(a.min_crop_scale.unwrap_or(defaults.min_crop_scale));
     let artifacts = out.join("training");
     let resume_epoch = if resume {
         dmpo_train::last_complete_checkpoint(
