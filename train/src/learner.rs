@@ -16,6 +16,7 @@ use crate::batcher::{EpochWeights, ExitBatch, ExitBatcher};
 use crate::epoch_loader::{EpochCounter, EpochLoader, Split};
 use crate::loss_guard::LossGuard;
 use crate::metrics::{ExitMetric, MultiExitOutput, metric_kinds};
+use crate::self_distillation::SelfDistillation;
 use crate::trainee::{Guarded, Trainee};
 use crate::{LossSchedule, WarmupCosine};
 use dmpo_infer::data::ImageDataset;
@@ -43,6 +44,9 @@ pub struct TrainConfig {
     pub grad_clip: f64,
     #[config(default = 0.0)]
     pub label_smoothing: f64,
+    /// Early exits also learn from the last exit's prediction (off by default).
+    #[config(default = "SelfDistillation::off()")]
+    pub distillation: SelfDistillation,
     #[config(default = 42)]
     pub seed: u64,
     /// Threads decoding and augmenting each batch's images.
@@ -98,6 +102,7 @@ pub fn train<B: AutodiffBackend>(
         model,
         label_smoothing: config.label_smoothing,
         weight_decay: config.weight_decay,
+        distillation: config.distillation.clone(),
         guard: LossGuard::default(),
     };
     let run = Run {

@@ -19,6 +19,7 @@ mod peak_memory;
 mod pixel_baseline;
 mod pretrain;
 mod progress_log;
+mod self_distillation;
 mod step_bench;
 mod synthetic;
 mod trainee;
@@ -43,6 +44,7 @@ pub use pretrain::{
     PretrainConfig, PretrainTrainee, backbone_accuracy, demo_vit_config, pretrain, pretrain_on,
 };
 pub use progress_log::ProgressLog;
+pub use self_distillation::SelfDistillation;
 pub use step_bench::{StepBenchConfig, StepReport, Tuning, bench_train_step};
 pub use synthetic::{SYNTHETIC_CLASSES, render, synthetic_dataset};
 pub use trainee::{Guarded, Trainee};

@@ -7,6 +7,7 @@ use dmpo_model::dmpo::DmpoModel;
 
 use crate::batcher::ExitBatch;
 use crate::metrics::MultiExitOutput;
+use crate::self_distillation::SelfDistillation;
 
 /// The model as the Learner trains it: the DMPO model plus the loss settings.
 #[derive(Module, Debug)]
@@ -16,6 +17,9 @@ pub struct Trainee<B: Backend> {
     pub label_smoothing: f64,
     /// Decoupled weight decay, applied to trainable matrices only (not to norms or biases).
     pub weight_decay: f64,
+    /// Early exits also learn from the last exit's softened prediction (off by default).
+    #[module(skip)]
+    pub distillation: SelfDistillation,
     /// Stops the run at a non-finite loss.
     #[module(skip)]
     pub guard: crate::LossGuard,
@@ -27,9 +31,19 @@ impl<B: Backend> Trainee<B> {
         let device = batch.images.device();
         let logits = self.model.forward_exits(batch.images);
         let ce = cross_entropy(self.label_smoothing, &device);
+        let last = logits.len() - 1;
         let exit_losses: Vec<Tensor<B, 1>> = logits
             .iter()
-            .map(|l| ce.forward(l.clone(), batch.targets.clone()))
+            .enumerate()
+            .map(|(k, l)| {
+                let hard = ce.forward(l.clone(), batch.targets.clone());
+                if k == last {
+                    hard
+                } else {
+                    self.distillation
+                        .early_exit_loss(hard, l.clone(), logits[last].clone())
+                }
+            })
             .collect();
         let loss = exit_losses
             .iter()

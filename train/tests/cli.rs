@@ -195,3 +195,20 @@ fn a_run_killed_mid_epoch_resumes_to_the_same_model_as_an_uninterrupted_one() {
         std::fs::read_to_string(killed.join("eval.csv")).unwrap()
     );
 }
+
+#[test]
+fn a_bad_self_distillation_weight_is_refused_before_any_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("model");
+    let output = train_command(dir.path(), &out)
+        .args(["--distill", "1.5"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("--distill") && stderr.contains("[0, 1]"),
+        "{stderr}"
+    );
+    assert!(!out.exists(), "nothing is written for a refused run");
+}

@@ -108,6 +108,7 @@ fn training_lowers_the_loss_and_leaves_the_backbone_alone() {
             model: m.clone(),
             label_smoothing: 0.0,
             weight_decay: 0.0,
+            distillation: dmpo_train::SelfDistillation::off(),
             guard: LossGuard::default(),
         };
         t.forward_loss(batch()).loss.into_scalar()
@@ -337,4 +338,32 @@ fn an_unreadable_image_is_skipped_and_the_batch_goes_on() {
         vec![0, 1, 0, 1, 0, 1, 0],
         "the others keep their order"
     );
+}
+
+#[test]
+fn self_distillation_changes_the_early_exits_losses_only() {
+    let device = Default::default();
+    let model = burn::module::AutodiffModule::valid(&tiny_model(0));
+    let valid = stripes(32);
+    let eval_batcher = batcher(LossSchedule::uniform(), 1, false);
+    let refs: Vec<&dmpo_infer::data::Sample> = valid.samples.iter().collect();
+    let losses = |distillation: dmpo_train::SelfDistillation| -> Vec<f32> {
+        let t = Trainee {
+            model: model.clone(),
+            label_smoothing: 0.0,
+            weight_decay: 0.0,
+            distillation,
+            guard: LossGuard::default(),
+        };
+        let out = t.forward_loss(eval_batcher.batch::<NdArray>(&refs, 0, 0, 1, &device));
+        out.exit_losses.into_iter().map(|l| l.into_scalar()).collect()
+    };
+    let plain = losses(dmpo_train::SelfDistillation::off());
+    let distilled = losses(dmpo_train::SelfDistillation::new().with_weight(0.5));
+    let last = plain.len() - 1;
+    assert!(last >= 1, "the tiny model has early exits");
+    assert_eq!(plain[last], distilled[last], "the last exit keeps plain CE");
+    for k in 0..last {
+        assert_ne!(plain[k], distilled[k], "exit {k} is distilled");
+    }
 }

@@ -17,8 +17,9 @@ use dmpo_infer::{
 use dmpo_model::dmpo::{DmpoConfig, DmpoModel};
 use dmpo_model::vit::preset;
 use dmpo_train::{
-    LossSchedule, PixelBaselineConfig, PretrainConfig, StepBenchConfig, TrainConfig, Tuning,
-    backbone_accuracy, bench_train_step, exclude_images, pixel_baseline, pretrain, train,
+    LossSchedule, PixelBaselineConfig, PretrainConfig, SelfDistillation, StepBenchConfig,
+    TrainConfig, Tuning, backbone_accuracy, bench_train_step, exclude_images, pixel_baseline,
+    pretrain, train,
 };
 
 type TrainBackend = Autodiff<Backend>;
@@ -163,6 +164,13 @@ struct RunArgs {
     /// the demo recipe's on the embedded demo data].
     #[arg(long)]
     min_crop_scale: Option<f64>,
+    /// Self-distillation: share α of each early exit's loss spent matching the last exit's
+    /// softened prediction, 0 = off. Not used by `--baseline`.
+    #[arg(long, default_value_t = 0.0)]
+    distill: f64,
+    /// Temperature T of self-distillation.
+    #[arg(long, default_value_t = 2.0)]
+    distill_temperature: f64,
     #[arg(long, default_value_t = 42)]
     seed: u64,
     #[arg(long, default_value_t = 2)]
@@ -567,6 +575,17 @@ fn tune(a: &RunArgs, baseline: bool, resume: bool, out: &Path) -> Result<EvalRep
     } else {
         &GENERAL
     };
+    // The plain multi-exit baseline trains every exit on the labels alone.
+    let distillation = if baseline {
+        SelfDistillation::off()
+    } else {
+        SelfDistillation::new()
+            .with_weight(a.distill)
+            .with_temperature(a.distill_temperature)
+    };
+    distillation
+        .validate()
+        .map_err(|e| format!("--distill: {e}"))?;
     std::fs::create_dir_all(out).map_err(|e| format!("{}: {e}", out.display()))?;
     let (train_set, held_out, test) = datasets(a)?;
     let classes = train_set.classes.clone();
@@ -640,7 +659,8 @@ fn tune(a: &RunArgs, baseline: bool, resume: bool, out: &Path) -> Result<EvalRep
         .with_num_workers(a.workers)
         .with_schedule(schedule)
         .with_augment(!a.no_augment)
-        .with_min_crop_scale(a.min_crop_scale.unwrap_or(defaults.min_crop_scale));
+        .with_min_crop_scale(a.min_crop_scale.unwrap_or(defaults.min_crop_scale))
+        .with_distillation(distillation);
     let artifacts = out.join("training");
     let resume_epoch = if resume {
         dmpo_train::last_complete_checkpoint(
