@@ -3,9 +3,10 @@
 
 use std::process::ExitCode;
 
-/// Our progress at info; the frameworks' own chatter only when it matters. `RUST_LOG` overrides.
+/// Our progress at info; the frameworks' own chatter only when it matters (wgpu_hal's driver
+/// loader messages never: a missing driver is reported in one line of ours). `RUST_LOG` overrides.
 const LOG_FILTER: &str =
-    "info,burn=warn,burn_train=warn,burn_core=warn,cubecl=warn,wgpu=warn,naga=warn";
+    "info,burn=warn,burn_train=warn,burn_core=warn,cubecl=warn,wgpu=warn,wgpu_hal=off,naga=warn";
 
 /// Installs the logger, runs `body`, and turns its error into a logged line and exit status 1.
 pub fn run_main<E: std::fmt::Display>(body: impl FnOnce() -> Result<(), E>) -> ExitCode {
@@ -18,6 +19,19 @@ pub fn run_main<E: std::fmt::Display>(body: impl FnOnce() -> Result<(), E>) -> E
         // Colour codes only for a person at a terminal, not in log files and CI output.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    // A GPU running out of memory panics inside CubeCL / wgpu: one line instead of a backtrace.
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let text = crate::panics::text(info.payload());
+        match crate::backend::out_of_memory_line(&text) {
+            Some(line) => {
+                let first = text.lines().next().unwrap_or_default();
+                tracing::error!("{line} ({first})");
+                std::process::exit(1);
+            }
+            None => default_hook(info),
+        }
+    }));
     match body() {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

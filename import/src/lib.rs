@@ -34,6 +34,7 @@ mod vit_loader;
     feature = "cuda"
 ))]
 pub mod backend;
+pub mod panics;
 
 use std::path::Path;
 

@@ -17,6 +17,9 @@ pub struct ExitBatch<B: Backend> {
     pub targets: Tensor<B, 1, Int>,
     /// One weight per exit, summing to 1.
     pub loss_weights: Vec<f32>,
+    /// The epoch's last batch: the [`LossGuard`](crate::LossGuard) reads its losses back
+    /// before the Learner can checkpoint.
+    pub ends_epoch: bool,
 }
 
 /// The exit loss weights of each epoch of a run: the schedule applied to this run's exits and
@@ -118,6 +121,7 @@ impl ExitBatcher {
             images: Tensor::from_data(TensorData::new(pixels, [n, 3, size, size]), device),
             targets: Tensor::from_data(TensorData::new(labels, [n]), device),
             loss_weights: self.weights.weights(epoch),
+            ends_epoch: false,
         }
     }
 }

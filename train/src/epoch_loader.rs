@@ -121,6 +121,9 @@ impl<B: Backend> DataLoader<B, ExitBatch<B>> for EpochLoader<B> {
         std::thread::Builder::new()
             .name(format!("loader-epoch-{}", epoch + 1))
             .spawn(move || {
+                // One batch is held back until the next is ready, so that the epoch's last
+                // batch sent (not always the last chunk: see below) is marked as such.
+                let mut held: Option<(usize, ExitBatch<B>)> = None;
                 for (b, chunk) in order.chunks(loader.batch_size).enumerate() {
                     let samples: Vec<&Sample> = chunk.iter().map(|&i| &loader.samples[i]).collect();
                     let first = b * loader.batch_size;
@@ -133,10 +136,19 @@ impl<B: Backend> DataLoader<B, ExitBatch<B>> for EpochLoader<B> {
                     );
                     let done = first + chunk.len();
                     // A batch of only unreadable images has nothing to train on.
-                    if batch.targets.dims()[0] > 0 && tx.send((done, batch)).is_err() {
-                        // The consumer stopped early (interrupted run).
-                        break;
+                    if batch.targets.dims()[0] == 0 {
+                        continue;
                     }
+                    if let Some(previous) = held.replace((done, batch))
+                        && tx.send(previous).is_err()
+                    {
+                        // The consumer stopped early (interrupted run).
+                        return;
+                    }
+                }
+                if let Some((_, mut last)) = held {
+                    last.ends_epoch = true;
+                    let _ = tx.send((total, last));
                 }
             })
             .expect("spawning the data loader thread");

@@ -44,6 +44,10 @@ pub struct TrainConfig {
     pub grad_clip: f64,
     #[config(default = 0.0)]
     pub label_smoothing: f64,
+    /// Steps between two reads of the summed losses by the NaN guard (and always at an epoch's
+    /// end, before a checkpoint): 1 on the CPU, more on a GPU, where each read is a sync.
+    #[config(default = 1)]
+    pub loss_check_every: usize,
     /// Early exits also learn from the last exit's prediction (off by default).
     #[config(default = "SelfDistillation::off()")]
     pub distillation: SelfDistillation,
@@ -103,7 +107,7 @@ pub fn train<B: AutodiffBackend>(
         label_smoothing: config.label_smoothing,
         weight_decay: config.weight_decay,
         distillation: config.distillation.clone(),
-        guard: LossGuard::default(),
+        guard: LossGuard::every(config.loss_check_every),
     };
     let run = Run {
         train_set,

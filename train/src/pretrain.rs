@@ -149,7 +149,7 @@ pub fn pretrain_on<B: AutodiffBackend>(
         vit,
         label_smoothing: config.train.label_smoothing,
         weight_decay: config.train.weight_decay,
-        guard: LossGuard::default(),
+        guard: LossGuard::every(config.train.loss_check_every),
     };
     let train_config = config.train.clone().with_schedule(LossSchedule::uniform());
     let run = Run {

@@ -79,8 +79,9 @@ macro_rules! exit_loss_steps {
                 &self,
                 batch: $crate::ExitBatch<B>,
             ) -> burn::train::TrainOutput<$crate::MultiExitOutput<B>> {
+                let ends_epoch = batch.ends_epoch;
                 let out = self.forward_loss(batch);
-                self.guard.check(&out.loss);
+                self.guard.check(&out.loss, ends_epoch);
                 let grads = out.loss.backward();
                 burn::train::TrainOutput::new(self, grads, out)
             }

@@ -106,6 +106,7 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> Result<(), ImportError> {
+    backend::check_device()?;
     let device = backend::device();
     match cli.command {
         Command::Import { source, out } => {

@@ -142,6 +142,7 @@ fn scores(
 }
 
 fn run(cli: Cli) -> Result<(), Error> {
+    backend::check_device()?;
     let device = backend::device();
     match cli.command {
         Command::Calibrate {

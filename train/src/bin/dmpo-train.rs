@@ -5,7 +5,6 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use burn::backend::Autodiff;
-use burn::config::Config as _;
 use clap::{Args, Parser, Subcommand};
 use dmpo_import::backend::{self, Backend};
 use dmpo_import::{ImportOptions, TrainedBinding, load_any, save_backbone, save_trained};
@@ -192,6 +191,7 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> Result<(), Error> {
+    backend::check_device()?;
     match cli.command {
         Command::Train {
             run,
@@ -316,6 +316,48 @@ struct PretrainArgs {
     /// Threads decoding and augmenting images.
     #[arg(long)]
     workers: Option<usize>,
+    /// Override the recipe's number of blocks.
+    #[arg(long)]
+    depth: Option<usize>,
+    /// Override the recipe's token width (the MLP is 4× as wide).
+    #[arg(long)]
+    width: Option<usize>,
+    /// Override the recipe's attention heads (they must divide the width).
+    #[arg(long)]
+    num_heads: Option<usize>,
+}
+
+/// Steps between two reads of the NaN guard's summed losses: a read is a device sync on a GPU
+/// (and free on the CPU); every epoch's last step is read whatever this says.
+const LOSS_CHECK_EVERY: usize = if backend::IS_GPU { 16 } else { 1 };
+
+/// A saved pretraining recipe; settings added to the recipe since it was written take their
+/// defaults, so a run started by an older version still resumes.
+fn load_recipe(path: &Path) -> Result<PretrainConfig, Error> {
+    let bad =
+        |e: &dyn std::fmt::Display| format!("{}: not a pretraining recipe: {e}", path.display());
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let saved: serde_json::Value = serde_json::from_str(&text).map_err(|e| bad(&e))?;
+    let mut recipe = serde_json::to_value(PretrainConfig::new())?;
+    overlay(&mut recipe, saved);
+    Ok(serde_json::from_value(recipe).map_err(|e| bad(&e))?)
+}
+
+/// `base` with every value `top` has put over it, objects merged key by key.
+fn overlay(base: &mut serde_json::Value, top: serde_json::Value) {
+    match (base, top) {
+        (serde_json::Value::Object(b), serde_json::Value::Object(t)) => {
+            for (k, v) in t {
+                match b.get_mut(&k) {
+                    Some(slot) => overlay(slot, v),
+                    None => {
+                        b.insert(k, v);
+                    }
+                }
+            }
+        }
+        (slot, top) => *slot = top,
+    }
 }
 
 /// The file in the work folder that holds the recipe of a pretraining run (read back on resume).
@@ -346,15 +388,18 @@ fn run_pretrain(o: &PretrainArgs) -> Result<(), Error> {
             || o.batch.is_some()
             || o.per_class.is_some()
             || o.valid_images.is_some()
+            || o.depth.is_some()
+            || o.width.is_some()
+            || o.num_heads.is_some()
         {
             tracing::warn!(
                 "--resume continues with the saved recipe in {}; --init, --lr, \
-                 --warmup-epochs, --epochs, --batch, --per-class and --valid-images are ignored",
+                 --warmup-epochs, --epochs, --batch, --per-class, --valid-images, --depth, \
+                 --width and --num-heads are ignored",
                 recipe_path.display()
             );
         }
-        PretrainConfig::load(&recipe_path)
-            .map_err(|e| format!("{}: not a pretraining recipe: {e}", recipe_path.display()))?
+        load_recipe(&recipe_path)?
     } else {
         if o.resume {
             tracing::warn!("{}: no run to resume; starting afresh", work.display());
@@ -382,9 +427,29 @@ fn run_pretrain(o: &PretrainArgs) -> Result<(), Error> {
         if let Some(w) = o.warmup_epochs {
             r.train.warmup_epochs = w;
         }
+        if let Some(d) = o.depth {
+            r.vit.depth = d;
+        }
+        if let Some(w) = o.width {
+            r.vit.embed_dim = w;
+            r.vit.mlp_hidden_dim = 4 * w;
+        }
+        if let Some(h) = o.num_heads {
+            r.vit.num_heads = h;
+        }
+        let v = &r.vit;
+        if v.depth == 0 || v.num_heads == 0 || v.embed_dim % v.num_heads != 0 {
+            return Err(format!(
+                "a backbone of depth {}, width {} and {} heads cannot be built: the depth and \
+                 heads must be at least 1 and the heads must divide the width",
+                v.depth, v.embed_dim, v.num_heads
+            )
+            .into());
+        }
         r.init = o.init.as_ref().map(|p| p.display().to_string());
         r
     };
+    recipe.train.loss_check_every = LOSS_CHECK_EVERY;
     if let Some(w) = o.workers {
         recipe.train.num_workers = w.max(1);
     }
@@ -660,7 +725,8 @@ fn tune(a: &RunArgs, baseline: bool, resume: bool, out: &Path) -> Result<EvalRep
         .with_schedule(schedule)
         .with_augment(!a.no_augment)
         .with_min_crop_scale(a.min_crop_scale.unwrap_or(defaults.min_crop_scale))
-        .with_distillation(distillation);
+        .with_distillation(distillation)
+        .with_loss_check_every(LOSS_CHECK_EVERY);
     let artifacts = out.join("training");
     let resume_epoch = if resume {
         dmpo_train::last_complete_checkpoint(
@@ -758,4 +824,30 @@ fn write_subset(from: &Path, out: &Path, train_n: usize, test_n: usize) -> Resul
         tracing::info!("{prefix}: {} images", keep.len());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_recipe_written_before_newer_settings_still_loads() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(RECIPE_FILE);
+        let mut old = serde_json::to_value(PretrainConfig::new().with_valid_images(123)).unwrap();
+        let train = old["train"].as_object_mut().unwrap();
+        train.remove("distillation");
+        train.remove("loss_check_every");
+        std::fs::write(&path, old.to_string()).unwrap();
+        let recipe = load_recipe(&path).unwrap();
+        assert_eq!(recipe.valid_images, 123, "saved values are kept");
+        assert_eq!(
+            recipe.train.loss_check_every, 1,
+            "new ones take their defaults"
+        );
+
+        std::fs::write(&path, "{\"train\": 3}").unwrap();
+        let err = load_recipe(&path).unwrap_err().to_string();
+        assert!(err.contains("not a pretraining recipe"), "{err}");
+    }
 }
