@@ -75,10 +75,19 @@ pub fn read_backbone_info(dir: &Path) -> Result<BackboneInfo> {
         path: path.clone(),
         source,
     })?;
-    let info: BackboneInfo = serde_json::from_str(&text).map_err(|e| ImportError::Config {
+    let bad = |e: serde_json::Error| ImportError::Config {
         path: path.clone(),
         reason: format!("not a dmpo-burn backbone config: {e}"),
-    })?;
+    };
+    let mut saved: serde_json::Value = serde_json::from_str(&text).map_err(bad)?;
+    // Architecture settings added since the file was written (e.g. register tokens) take their
+    // defaults, so older converted backbones keep loading.
+    if let Some(vit) = saved.get_mut("vit") {
+        let mut current = serde_json::to_value(VitConfig::new()).expect("config serialises");
+        crate::overlay(&mut current, vit.take());
+        *vit = current;
+    }
+    let info: BackboneInfo = serde_json::from_value(saved).map_err(bad)?;
     if info.format != FORMAT {
         return Err(ImportError::Config {
             path,

@@ -1,5 +1,6 @@
-//! Hugging Face `transformers` ViT checkpoints (`ViTModel`, `ViTForImageClassification`):
-//! their key layout translated to timm's, with the split query/key/value fused into `qkv`.
+//! Hugging Face `transformers` ViT checkpoints (`ViTModel`, `ViTForImageClassification`,
+//! `Dinov2Model`, `Dinov2WithRegistersModel`): their key layout translated to timm's, with the
+//! split query/key/value fused into `qkv`.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -9,9 +10,13 @@ use crate::tensor_map::{HostTensor, TensorMap};
 
 /// True if the keys follow the `transformers` layout rather than timm's.
 pub fn is_hf_layout(map: &TensorMap) -> bool {
-    map.contains("embeddings.position_embeddings")
-        || map.contains("vit.embeddings.position_embeddings")
+    ["", "vit.", "dinov2."]
+        .iter()
+        .any(|p| map.contains(&format!("{p}embeddings.position_embeddings")))
 }
+
+/// The `model_type`s of `config.json` whose checkpoints this module reads.
+const HF_MODEL_TYPES: &[&str] = &["vit", "dinov2", "dinov2_with_registers"];
 
 /// What a `config.json` beside a Hugging Face checkpoint says that the tensors cannot.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -36,8 +41,15 @@ pub fn read_sidecar_config(weights: &Path) -> Result<Option<HfConfigHints>> {
         path: path.clone(),
         reason: format!("invalid JSON: {e}"),
     })?;
-    if json.get("model_type").and_then(|v| v.as_str()) != Some("vit") {
+    let model_type = json.get("model_type").and_then(|v| v.as_str());
+    if !model_type.is_some_and(|t| HF_MODEL_TYPES.contains(&t)) {
         return Ok(None);
+    }
+    if json.get("use_swiglu_ffn").and_then(|v| v.as_bool()) == Some(true) {
+        return Err(ImportError::Config {
+            path,
+            reason: "use_swiglu_ffn (DINOv2-giant's SwiGLU MLP) is not supported".into(),
+        });
     }
     if let Some(act) = json.get("hidden_act").and_then(|v| v.as_str())
         && act != "gelu"
@@ -64,9 +76,18 @@ pub fn hf_to_timm(map: TensorMap) -> Result<TensorMap> {
     // (layer, "weight"|"bias") → [q, k, v]
     let mut qkv: BTreeMap<(usize, String), [Option<HostTensor>; 3]> = BTreeMap::new();
     for (key, tensor) in map.tensors {
-        let k = key.strip_prefix("vit.").unwrap_or(&key);
+        let k = key
+            .strip_prefix("vit.")
+            .or_else(|| key.strip_prefix("dinov2."))
+            .unwrap_or(&key);
         if k.starts_with("pooler.") || k == "embeddings.mask_token" {
             tracing::info!("ignoring `{key}`: it has no counterpart in timm's ViT");
+            continue;
+        }
+        if key.starts_with("dinov2.") && k.starts_with("classifier.") {
+            // Dinov2ForImageClassification's head reads [class token, mean of the patch
+            // tokens], a pooling timm's ViT does not have; tuning gives the model new heads.
+            tracing::info!("ignoring `{key}`: a DINOv2 classifier on [CLS, mean patch] tokens");
             continue;
         }
         // Files use `encoder.layer.N`; transformers >= 5 names modules `layers.N` in memory, so
@@ -101,6 +122,11 @@ pub fn hf_to_timm(map: TensorMap) -> Result<TensorMap> {
                     ("intermediate.dense.", "mlp.fc1."),
                     ("output.dense.", "mlp.fc2."),
                     ("mlp.", "mlp."),
+                    // DINOv2's names.
+                    ("norm1.", "norm1."),
+                    ("norm2.", "norm2."),
+                    ("layer_scale1.lambda1", "ls1.gamma"),
+                    ("layer_scale2.lambda1", "ls2.gamma"),
                 ]
                 .iter()
                 .find_map(|(from, to)| sub.strip_prefix(from).map(|p| format!("{to}{p}")));
@@ -112,6 +138,7 @@ pub fn hf_to_timm(map: TensorMap) -> Result<TensorMap> {
         }
         let name = match k {
             "embeddings.cls_token" => "cls_token".to_string(),
+            "embeddings.register_tokens" => "reg_token".to_string(),
             "embeddings.position_embeddings" => "pos_embed".to_string(),
             "embeddings.patch_embeddings.projection.weight" => "patch_embed.proj.weight".into(),
             "embeddings.patch_embeddings.projection.bias" => "patch_embed.proj.bias".into(),
@@ -148,5 +175,39 @@ pub fn hf_to_timm(map: TensorMap) -> Result<TensorMap> {
         }
         out.insert(format!("blocks.{layer}.attn.qkv.{param}"), fused);
     }
+    fold_class_position_for_registers(&mut out);
     Ok(TensorMap::new(&path, out))
+}
+
+/// `transformers`' DINOv2 with registers adds the position embedding to the class token and
+/// the patches, then inserts the registers; timm's equivalent (`no_embed_class`) has positions
+/// for the patches only. The class token's position is a constant, so it is folded into the
+/// class token (as timm's own DINOv2 conversion does), and `pos_embed` keeps the patches'.
+fn fold_class_position_for_registers(out: &mut BTreeMap<String, HostTensor>) {
+    if !out.contains_key("reg_token") {
+        return;
+    }
+    let (Some(pos), Some(cls)) = (out.get("pos_embed"), out.get("cls_token")) else {
+        return;
+    };
+    let (tokens, d) = match pos.shape.as_slice() {
+        [1, t, d] if cls.shape == [1, 1, *d] => (*t, *d),
+        _ => return, // shapes are checked, and reported, when the model is loaded
+    };
+    let square = |n: usize| {
+        let g = (n as f64).sqrt().round() as usize;
+        g * g == n
+    };
+    if !square(tokens.saturating_sub(1)) {
+        return;
+    }
+    let folded: Vec<f32> = cls
+        .data
+        .iter()
+        .zip(&pos.data[..d])
+        .map(|(c, p)| c + p)
+        .collect();
+    let patches = HostTensor::new(vec![1, tokens - 1, d], pos.data[d..].to_vec());
+    out.insert("cls_token".into(), HostTensor::new(vec![1, 1, d], folded));
+    out.insert("pos_embed".into(), patches);
 }

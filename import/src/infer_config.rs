@@ -55,14 +55,32 @@ pub fn infer_config(
         )));
     }
     let class_token = map.contains("cls_token");
-    let prefix = usize::from(class_token);
-    let patches = tokens.saturating_sub(prefix);
-    let grid = (patches as f64).sqrt().round() as usize;
-    if grid == 0 || grid * grid != patches {
-        return Err(err(format!(
-            "pos_embed holds {patches} patch positions, not a square grid"
-        )));
-    }
+    let reg_tokens = match map.shape("reg_token") {
+        Some(s) if s.len() == 3 => s[1],
+        Some(s) => {
+            return Err(err(format!(
+                "tensor `reg_token` has shape {s:?}; expected [1, registers, width]"
+            )));
+        }
+        None => 0,
+    };
+    let prefix = usize::from(class_token) + reg_tokens;
+    let square = |n: usize| {
+        let g = (n as f64).sqrt().round() as usize;
+        (g > 0 && g * g == n).then_some(g)
+    };
+    // timm embeds the prefix tokens' positions too, unless `no_embed_class` (DINOv2 with
+    // registers): then pos_embed holds the patches alone.
+    let (grid, no_embed_class) = match (square(tokens.saturating_sub(prefix)), square(tokens)) {
+        (Some(g), _) => (g, false),
+        (None, Some(g)) if prefix > 0 => (g, true),
+        _ => {
+            return Err(err(format!(
+                "pos_embed holds {tokens} positions: neither a square grid of patches nor one \
+                 after {prefix} prefix token(s)"
+            )));
+        }
+    };
     let depth = (0..)
         .take_while(|i| map.contains(&format!("blocks.{i}.norm1.weight")))
         .count();
@@ -128,6 +146,8 @@ pub fn infer_config(
         .with_mlp_hidden_dim(mlp_hidden_dim)
         .with_qkv_bias(qkv_bias)
         .with_class_token(class_token)
+        .with_reg_tokens(reg_tokens)
+        .with_no_embed_class(no_embed_class)
         .with_global_pool(global_pool)
         .with_fc_norm(fc_norm)
         .with_init_values(init_values)
@@ -137,10 +157,11 @@ pub fn infer_config(
     Ok(config)
 }
 
-/// The patch grid side the checkpoint's position embedding was trained for.
-pub fn checkpoint_grid(map: &TensorMap, class_token: bool) -> usize {
+/// The patch grid side the checkpoint's position embedding was trained for, given how many of
+/// its positions belong to prefix tokens.
+pub fn checkpoint_grid(map: &TensorMap, embedded_prefix: usize) -> usize {
     let tokens = map.shape("pos_embed").map_or(0, |s| s[1]);
-    (tokens.saturating_sub(usize::from(class_token)) as f64)
+    (tokens.saturating_sub(embedded_prefix) as f64)
         .sqrt()
         .round() as usize
 }

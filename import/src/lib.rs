@@ -34,7 +34,9 @@ mod vit_loader;
     feature = "cuda"
 ))]
 pub mod backend;
+mod config_compat;
 pub mod panics;
+pub use config_compat::overlay;
 
 use std::path::Path;
 
@@ -75,10 +77,13 @@ pub fn import_checkpoint<B: Backend>(
         hints = read_sidecar_config(path)?;
         map = hf_to_timm(map)?;
         if hints.is_none() && opts.norm_eps.is_none() {
-            // transformers' ViTConfig default; timm's 1e-6 would shift every output slightly.
+            // transformers' defaults when no config.json says otherwise: 1e-12 for ViTConfig,
+            // 1e-6 for DINOv2 (told apart by its LayerScale); the wrong one shifts every
+            // output slightly.
+            let dinov2 = map.contains("blocks.0.ls1.gamma");
             hints = Some(HfConfigHints {
                 num_heads: None,
-                layer_norm_eps: Some(1e-12),
+                layer_norm_eps: Some(if dinov2 { 1e-6 } else { 1e-12 }),
             });
         }
     }
@@ -92,14 +97,23 @@ pub fn import_checkpoint<B: Backend>(
     })
 }
 
-/// timm's evaluation preprocessing for an architecture: DeiT uses ImageNet statistics, the
-/// other ViTs (augreg, in21k, HF google/vit) mean = std = 0.5.
+/// timm's evaluation preprocessing for an architecture: DeiT and DINOv2 (by name, or by its
+/// signature: LayerScale on 14-pixel patches) use ImageNet statistics, the other ViTs (augreg,
+/// in21k, HF google/vit) mean = std = 0.5.
 pub fn default_preprocess(config: &VitConfig, arch: Option<&str>) -> Preprocess {
     let p = Preprocess::new(config.img_size);
+    let dinov2 = arch.map_or(
+        config.init_values.is_some() && config.patch_size == 14,
+        |a| a.contains("dinov2"),
+    );
     if arch.is_some_and(|a| a.starts_with("deit")) {
         p.with_mean(Preprocess::IMAGENET_MEAN)
             .with_std(Preprocess::IMAGENET_STD)
             .with_crop_pct(0.875)
+    } else if dinov2 {
+        p.with_mean(Preprocess::IMAGENET_MEAN)
+            .with_std(Preprocess::IMAGENET_STD)
+            .with_crop_pct(1.0)
     } else {
         p
     }
@@ -123,4 +137,22 @@ pub fn load_any<B: Backend>(
         weights_sha256: String::new(),
     };
     Ok((info, imported.model))
+}
+
+#[cfg(test)]
+mod preprocess_tests {
+    use super::*;
+    use dmpo_model::vit::preset;
+
+    #[test]
+    fn dinov2_gets_imagenet_statistics_by_name_or_by_signature() {
+        let dinov2 = preset("vit_small_patch14_reg4_dinov2").unwrap();
+        for arch in [Some("vit_small_patch14_reg4_dinov2"), None] {
+            let p = default_preprocess(&dinov2, arch);
+            assert_eq!(p.mean, Preprocess::IMAGENET_MEAN, "{arch:?}");
+            assert_eq!(p.crop_pct, 1.0);
+        }
+        let augreg = preset("vit_small_patch16_224").unwrap();
+        assert_eq!(default_preprocess(&augreg, None).mean, [0.5; 3]);
+    }
 }

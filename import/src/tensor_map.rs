@@ -96,7 +96,6 @@ impl TensorMap {
 /// Names the timm feature behind keys we do not support, so the error says *why*.
 fn unsupported_feature_hint(keys: &[String]) -> Option<String> {
     let features = [
-        ("reg_token", "register tokens"),
         ("norm_pre", "a pre-norm before the blocks (CLIP-style)"),
         ("q_norm", "QK normalisation"),
         ("attn_pool", "attention pooling (global_pool='map')"),

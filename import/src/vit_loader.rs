@@ -29,8 +29,12 @@ pub fn load_vit<B: Backend>(
     if let Some(cls) = &mut model.cls_token {
         *cls = param(map.take("cls_token", &[1, 1, d])?, device);
     }
-    let prefix = config.num_prefix_tokens();
-    let old = checkpoint_grid(&map, config.class_token);
+    if let Some(reg) = &mut model.reg_token {
+        *reg = param(map.take("reg_token", &[1, config.reg_tokens, d])?, device);
+    }
+    // The prefix positions the position embedding holds (none with `no_embed_class`).
+    let prefix = config.num_embedded_tokens() - config.num_patches();
+    let old = checkpoint_grid(&map, prefix);
     let mut pos = map.take("pos_embed", &[1, prefix + old * old, d])?;
     let new = config.grid_size();
     if old != new {

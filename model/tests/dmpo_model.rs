@@ -46,6 +46,31 @@ fn fresh_model_last_exit_reproduces_the_backbone_exactly() {
     }
 }
 
+/// DINOv2-style backbones: register tokens after the class token, no position embedding for
+/// prefix tokens. The exits (covariance heads on the patch tokens) skip all five prefix tokens.
+#[test]
+fn a_backbone_with_registers_gets_exits_that_skip_them() {
+    let device = Default::default();
+    let config = tiny_vit(true)
+        .with_reg_tokens(4)
+        .with_no_embed_class(true)
+        .with_init_values(Some(1e-5));
+    assert_eq!(
+        (config.num_tokens(), config.num_embedded_tokens()),
+        (21, 16)
+    );
+    let vit = config.init::<B>(&device);
+    let x = Tensor::<B, 4>::random([2, 3, 16, 16], Distribution::Default, &device);
+    assert_eq!(vit.embed(x.clone()).dims(), [2, 21, 24]);
+    let expected = flat(vit.forward(x.clone()));
+    let model = DmpoConfig::new(5).init(vit, &device).unwrap();
+    let exits = model.forward_exits(x);
+    assert_eq!(flat(exits[3].clone()), expected);
+    for e in &exits {
+        assert!(flat(e.clone()).iter().all(|v| v.is_finite()));
+    }
+}
+
 #[test]
 fn staged_forward_on_a_subset_matches_the_full_batch() {
     let device = Default::default();

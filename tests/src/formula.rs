@@ -52,7 +52,10 @@ pub fn timm_state_dict_shapes(c: &VitConfig) -> Vec<(String, Vec<usize>)> {
     if c.class_token {
         add("cls_token", &[1, 1, d]);
     }
-    add("pos_embed", &[1, c.num_tokens(), d]);
+    if c.reg_tokens > 0 {
+        add("reg_token", &[1, c.reg_tokens, d]);
+    }
+    add("pos_embed", &[1, c.num_embedded_tokens(), d]);
     add("patch_embed.proj.weight", &[d, c.in_chans, p, p]);
     add("patch_embed.proj.bias", &[d]);
     for i in 0..c.depth {

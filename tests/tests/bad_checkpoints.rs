@@ -136,13 +136,31 @@ fn unexpected_tensors_are_listed_with_the_feature_behind_them() {
     let dir = tempfile::tempdir().unwrap();
     let mut tensors = timm_state_dict(&tiny());
     tensors.push((
+        "norm_pre.weight".into(),
+        HostTensor::new(vec![16], vec![1.0; 16]),
+    ));
+    let path = write(dir.path(), &tensors);
+    let msg = message(import(&path).unwrap_err(), &path);
+    assert!(
+        msg.contains("norm_pre.weight") && msg.contains("a pre-norm before the blocks"),
+        "{msg}"
+    );
+}
+
+/// Register tokens whose count does not fit the position embedding (neither the patches alone
+/// nor the patches after every prefix token).
+#[test]
+fn registers_that_do_not_fit_the_position_embedding_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut tensors = timm_state_dict(&tiny());
+    tensors.push((
         "reg_token".into(),
         HostTensor::new(vec![1, 4, 16], vec![0.0; 64]),
     ));
     let path = write(dir.path(), &tensors);
     let msg = message(import(&path).unwrap_err(), &path);
     assert!(
-        msg.contains("reg_token") && msg.contains("register tokens"),
+        msg.contains("pos_embed holds 5 positions") && msg.contains("5 prefix token(s)"),
         "{msg}"
     );
 }

@@ -1,7 +1,7 @@
 //! Our ViT against timm and Hugging Face, number for number: the shared timm fixtures (real
 //! timm-written `.safetensors` and `.pth`) and formula-weight references for ViT-S/16 at 224,
-//! ViT-S/32, LayerScale + avg pooling without qkv bias, position-embedding resampling, and the
-//! Hugging Face layout.
+//! ViT-S/32, LayerScale + avg pooling without qkv bias, position-embedding resampling, DINOv2
+//! (with and without registers), and the Hugging Face layout.
 
 use std::collections::BTreeMap;
 
@@ -105,6 +105,12 @@ fn timm_kwargs_config(kw: &serde_json::Value) -> VitConfig {
         })
         .with_fc_norm(avg)
         .with_init_values(kw.get("init_values").and_then(|v| v.as_f64()))
+        .with_reg_tokens(get("reg_tokens", 0))
+        .with_no_embed_class(
+            kw.get("no_embed_class")
+                .and_then(|v| v.as_bool())
+                .unwrap_or(false),
+        )
         .with_num_classes(get("num_classes", 1000))
 }
 
@@ -140,14 +146,15 @@ fn check_reference<B: Backend>(
         read_tensor_file(&fixture(&format!("references/{name}.io.safetensors")))
             .unwrap()
             .tensors;
-    assert_close("logits", &host(out.logits), &io["logits"], TOL);
-    assert_close("pre_logits", &host(out.pre_logits), &io["pre_logits"], TOL);
-    assert_close("features", &host(out.features), &io["features"], TOL);
+    // Blocks first: the first one that differs localises a mismatch.
     let blocks: Vec<usize> = serde_json::from_value(m["blocks"].clone()).unwrap();
     for i in blocks {
         let ours = host(out.blocks[i].clone());
         assert_close(&format!("block{i}"), &ours, &io[&format!("block{i}")], TOL);
     }
+    assert_close("features", &host(out.features), &io["features"], TOL);
+    assert_close("pre_logits", &host(out.pre_logits), &io["pre_logits"], TOL);
+    assert_close("logits", &host(out.logits), &io["logits"], TOL);
 }
 
 fn check_timm_reference<B: Backend>(name: &str) {
@@ -179,6 +186,48 @@ fn layerscale_avg_pool_without_qkv_bias_matches_timm() {
 #[test]
 fn position_embedding_resampling_matches_timm() {
     check_timm_reference::<TestBackend>("resample_32_to_48");
+}
+
+/// DINOv2's architecture at a small size: patch 14, LayerScale, no head.
+#[test]
+fn dinov2_matches_timm() {
+    check_timm_reference::<TestBackend>("dinov2_tiny");
+}
+
+/// DINOv2 with registers: 4 register tokens after the class token, the position embedding on
+/// the patches only (`no_embed_class`), resampled from a 4×4 to a 5×5 grid.
+#[test]
+fn dinov2_with_registers_matches_timm() {
+    check_timm_reference::<TestBackend>("dinov2_reg4_tiny");
+    check_timm_reference::<TestBackend>("dinov2_reg4_resample_56_to_70");
+}
+
+/// A transformers DINOv2 reference: formula weights under the names `save_pretrained` writes.
+fn check_hf_dinov2_reference(name: &str) {
+    let m = manifest(name);
+    let tensors = m["hf_tensors"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(k, shape)| {
+            let shape: Vec<usize> = serde_json::from_value(shape.clone()).unwrap();
+            (k.clone(), dmpo_tests::formula::formula_tensor(k, &shape))
+        })
+        .collect();
+    check_reference::<TestBackend>(name, tensors, "model.safetensors");
+}
+
+/// transformers' `Dinov2Model`: LayerScale `lambda1`s, `norm1`/`mlp.fc1` names.
+#[test]
+fn hugging_face_dinov2_matches_transformers() {
+    check_hf_dinov2_reference("hf_dinov2_tiny");
+}
+
+/// transformers' `Dinov2WithRegistersModel`: registers inserted after the position embedding,
+/// whose class-token position is folded into the class token.
+#[test]
+fn hugging_face_dinov2_with_registers_matches_transformers() {
+    check_hf_dinov2_reference("hf_dinov2_reg4_tiny");
 }
 
 #[test]

@@ -41,6 +41,15 @@ pub struct VitConfig {
     pub qkv_bias: bool,
     #[config(default = true)]
     pub class_token: bool,
+    /// Register tokens (Darcet et al., "Vision Transformers Need Registers"; timm's
+    /// `reg_tokens`, DINOv2's `_reg4` models): learned prefix tokens after the class token,
+    /// skipped by pooling and by the exits.
+    #[config(default = 0)]
+    pub reg_tokens: usize,
+    /// The position embedding covers the patches only; prefix tokens get none (timm's
+    /// `no_embed_class`, set by DINOv2's register models).
+    #[config(default = false)]
+    pub no_embed_class: bool,
     #[config(default = "GlobalPool::Token")]
     pub global_pool: GlobalPool,
     #[config(default = false)]
@@ -66,9 +75,19 @@ impl VitConfig {
         self.grid_size() * self.grid_size()
     }
 
-    /// Tokens that are not patches (the class token, when present).
+    /// Tokens that are not patches: the class token, when present, then the registers.
     pub fn num_prefix_tokens(&self) -> usize {
-        usize::from(self.class_token)
+        usize::from(self.class_token) + self.reg_tokens
+    }
+
+    /// Positions the position embedding holds: every token, or the patches only
+    /// (`no_embed_class`).
+    pub fn num_embedded_tokens(&self) -> usize {
+        if self.no_embed_class {
+            self.num_patches()
+        } else {
+            self.num_tokens()
+        }
     }
 
     /// Tokens per image inside the blocks.
@@ -127,7 +146,9 @@ impl VitConfig {
         let cls_token = self
             .class_token
             .then(|| Param::from_tensor(normal([1, 1, d])));
-        let pos_embed = Param::from_tensor(normal([1, self.num_tokens(), d]));
+        let reg_token =
+            (self.reg_tokens > 0).then(|| Param::from_tensor(normal([1, self.reg_tokens, d])));
+        let pos_embed = Param::from_tensor(normal([1, self.num_embedded_tokens(), d]));
         let block = BlockConfig {
             embed_dim: d,
             num_heads: self.num_heads,
@@ -152,6 +173,7 @@ impl VitConfig {
         VisionTransformer {
             patch_embed,
             cls_token,
+            reg_token,
             pos_embed,
             blocks,
             norm,
@@ -159,6 +181,7 @@ impl VitConfig {
             head,
             global_pool: self.global_pool,
             num_prefix_tokens: self.num_prefix_tokens(),
+            no_embed_class: self.no_embed_class,
         }
     }
 }

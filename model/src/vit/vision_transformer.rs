@@ -11,7 +11,9 @@ pub struct VisionTransformer<B: Backend> {
     pub patch_embed: PatchEmbed<B>,
     /// `[1, 1, D]`.
     pub cls_token: Option<Param<Tensor<B, 3>>>,
-    /// `[1, T, D]`, including the class token's position when there is one.
+    /// `[1, R, D]` register tokens, after the class token.
+    pub reg_token: Option<Param<Tensor<B, 3>>>,
+    /// `[1, T, D]`, including the prefix tokens' positions unless `no_embed_class`.
     pub pos_embed: Param<Tensor<B, 3>>,
     pub blocks: Vec<Block<B>>,
     /// Final norm on all tokens; absent when `fc_norm` is used (timm makes it `Identity`).
@@ -22,6 +24,8 @@ pub struct VisionTransformer<B: Backend> {
     pub head: Option<Linear<B>>,
     pub global_pool: GlobalPool,
     pub num_prefix_tokens: usize,
+    /// The position embedding is added to the patches before the prefix tokens are prepended.
+    pub no_embed_class: bool,
 }
 
 /// Everything one full-depth pass produces, for checking against timm and for the exits.
@@ -46,16 +50,32 @@ impl<B: Backend> VisionTransformer<B> {
         self.blocks.len()
     }
 
-    /// Images `[B, C, H, W]` → the tokens entering block 0, `[B, T, D]`
-    /// (patches, class token prepended, position embedding added).
+    /// Images `[B, C, H, W]` → the tokens entering block 0, `[B, T, D]`: patches, class and
+    /// register tokens prepended, position embedding added (timm's `_pos_embed`: to the
+    /// patches alone, before prepending, when `no_embed_class`).
     pub fn embed(&self, images: Tensor<B, 4>) -> Tensor<B, 3> {
-        let x = self.patch_embed.forward(images);
+        let mut x = self.patch_embed.forward(images);
         let [b, _, d] = x.dims();
-        let x = match &self.cls_token {
-            Some(cls) => Tensor::cat(vec![cls.val().expand([b, 1, d]), x], 1),
-            None => x,
-        };
-        x + self.pos_embed.val()
+        if self.no_embed_class {
+            x = x + self.pos_embed.val();
+        }
+        let mut prefix = Vec::new();
+        if let Some(cls) = &self.cls_token {
+            prefix.push(cls.val().expand([b, 1, d]));
+        }
+        if let Some(reg) = &self.reg_token {
+            let r = reg.dims()[1];
+            prefix.push(reg.val().expand([b, r, d]));
+        }
+        if !prefix.is_empty() {
+            prefix.push(x);
+            x = Tensor::cat(prefix, 1);
+        }
+        if self.no_embed_class {
+            x
+        } else {
+            x + self.pos_embed.val()
+        }
     }
 
     /// Runs block `index` on `[B, T, D]` tokens.

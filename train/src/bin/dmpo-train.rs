@@ -339,25 +339,8 @@ fn load_recipe(path: &Path) -> Result<PretrainConfig, Error> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let saved: serde_json::Value = serde_json::from_str(&text).map_err(|e| bad(&e))?;
     let mut recipe = serde_json::to_value(PretrainConfig::new())?;
-    overlay(&mut recipe, saved);
+    dmpo_import::overlay(&mut recipe, saved);
     Ok(serde_json::from_value(recipe).map_err(|e| bad(&e))?)
-}
-
-/// `base` with every value `top` has put over it, objects merged key by key.
-fn overlay(base: &mut serde_json::Value, top: serde_json::Value) {
-    match (base, top) {
-        (serde_json::Value::Object(b), serde_json::Value::Object(t)) => {
-            for (k, v) in t {
-                match b.get_mut(&k) {
-                    Some(slot) => overlay(slot, v),
-                    None => {
-                        b.insert(k, v);
-                    }
-                }
-            }
-        }
-        (slot, top) => *slot = top,
-    }
 }
 
 /// The file in the work folder that holds the recipe of a pretraining run (read back on resume).
