@@ -25,6 +25,10 @@ pub fn message(payload: &(dyn std::any::Any + Send)) -> String {
 /// from a worker thread `f` waited on (wgpu starts its device on one), that thread's message,
 /// the root cause, is the one returned.
 pub fn quietly<T>(f: impl FnOnce() -> T) -> Result<T, String> {
+    // The panic hook is process-wide: two overlapping calls would restore each other's hook
+    // and lose a worker thread's message. One at a time.
+    static HOOK: Mutex<()> = Mutex::new(());
+    let _one_at_a_time = HOOK.lock().unwrap_or_else(|e| e.into_inner());
     let seen = Arc::new(Mutex::new(Vec::<String>::new()));
     let previous = std::panic::take_hook();
     let record = Arc::clone(&seen);
