@@ -25,7 +25,7 @@ pub fn run_main<E: std::fmt::Display>(body: impl FnOnce() -> Result<(), E>) -> E
         let text = crate::panics::text(info.payload());
         match crate::backend::out_of_memory_line(&text) {
             Some(line) => {
-                let first = text.lines().next().unwrap_or_default();
+                let first = crate::panics::message(info.payload());
                 tracing::error!("{line} ({first})");
                 std::process::exit(1);
             }

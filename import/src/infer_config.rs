@@ -65,13 +65,12 @@ pub fn infer_config(
         None => 0,
     };
     let prefix = usize::from(class_token) + reg_tokens;
-    let square = |n: usize| {
-        let g = (n as f64).sqrt().round() as usize;
-        (g > 0 && g * g == n).then_some(g)
-    };
     // timm embeds the prefix tokens' positions too, unless `no_embed_class` (DINOv2 with
     // registers): then pos_embed holds the patches alone.
-    let (grid, no_embed_class) = match (square(tokens.saturating_sub(prefix)), square(tokens)) {
+    let (grid, no_embed_class) = match (
+        square_side(tokens.saturating_sub(prefix)),
+        square_side(tokens),
+    ) {
         (Some(g), _) => (g, false),
         (None, Some(g)) if prefix > 0 => (g, true),
         _ => {
@@ -155,6 +154,12 @@ pub fn infer_config(
         .with_norm_eps(norm_eps);
     config.validate().map_err(err)?;
     Ok(config)
+}
+
+/// The side of a square grid of `n` positions, if `n` is a (non-zero) square.
+pub(crate) fn square_side(n: usize) -> Option<usize> {
+    let g = (n as f64).sqrt().round() as usize;
+    (g > 0 && g * g == n).then_some(g)
 }
 
 /// The patch grid side the checkpoint's position embedding was trained for, given how many of

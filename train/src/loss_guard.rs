@@ -57,11 +57,6 @@ impl LossGuard {
         }
     }
 
-    /// Steps between two reads.
-    pub fn period(&self) -> usize {
-        self.every
-    }
-
     /// Adds one step's `loss`; trips the guard if a read shows a non-finite value.
     /// `ends_epoch`: the epoch's last step, after which the Learner may checkpoint.
     pub fn check<B: Backend>(&self, loss: &Tensor<B, 1>, ends_epoch: bool) {

@@ -76,17 +76,23 @@ fn host<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
     t.into_data().convert::<f32>().to_vec().unwrap()
 }
 
+/// The largest magnitude in `v`.
+fn largest(v: &[f32]) -> f32 {
+    v.iter().fold(0f32, |m, x| m.max(x.abs()))
+}
+
+/// The largest element-wise difference between `a` and `b`.
+fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, f32::max)
+}
+
 fn assert_close(what: &str, ours: &[f32], reference: &[f32]) {
     assert_eq!(ours.len(), reference.len(), "{what}: size");
-    let scale = reference
-        .iter()
-        .fold(0f32, |m, v| m.max(v.abs()))
-        .max(1e-12);
-    let worst = ours
-        .iter()
-        .zip(reference)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0f32, f32::max);
+    let scale = largest(reference).max(1e-12);
+    let worst = max_diff(ours, reference);
     assert!(
         worst <= TOL * scale,
         "{what}: wgpu differs from flex by {worst:e} (largest magnitude {scale:e})"
@@ -285,17 +291,13 @@ fn a_training_step_gives_the_same_loss_and_gradients_as_on_flex() {
     // (measured on lavapipe). Gradients 10⁴ times smaller than the largest (some vanish
     // analytically: a bias before a centring leaves ~1e-10 of float noise) are covered by the
     // check above only.
-    let global = flat(&cpu_grads).iter().fold(0f32, |m, v| m.max(v.abs()));
+    let global = largest(&flat(&cpu_grads));
     for ((i, g), (_, c)) in gpu_grads.iter().zip(&cpu_grads) {
-        let scale = c.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let scale = largest(c);
         if scale <= 1e-4 * global {
             continue;
         }
-        let worst = g
-            .iter()
-            .zip(c)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0f32, f32::max);
+        let worst = max_diff(g, c);
         assert!(
             worst <= 1e-3 * scale,
             "gradient of parameter #{i}: wgpu differs from flex by {worst:e} (largest {scale:e})"
