@@ -1,5 +1,6 @@
 //! The one place a backend is named: chosen by the cargo feature the binary was built with
-//! (`cargo xtask ... --backend flex|ndarray|wgpu|cuda`). Library code stays generic.
+//! (`cargo xtask ... --backend flex|ndarray|wgpu|cuda`). Library code stays generic: built with
+//! no backend feature (a Burn app embedding the library), only the backend-free parts are here.
 
 #[cfg(feature = "cuda")]
 pub type Backend = burn::backend::Cuda;
@@ -24,6 +25,12 @@ pub const NAME: &str = if cfg!(feature = "cuda") {
     "ndarray"
 };
 
+#[cfg(any(
+    feature = "flex",
+    feature = "ndarray",
+    feature = "wgpu",
+    feature = "cuda"
+))]
 pub fn device() -> burn::tensor::Device<Backend> {
     Default::default()
 }
@@ -42,6 +49,12 @@ pub struct DeviceError {
 }
 
 /// What to do when the backend's device is missing.
+#[cfg(any(
+    feature = "flex",
+    feature = "ndarray",
+    feature = "wgpu",
+    feature = "cuda"
+))]
 const NO_DEVICE_HINT: &str = if cfg!(feature = "cuda") {
     "Check that an NVIDIA GPU and its driver are present (`nvidia-smi`), or build for another \
      backend: `--backend wgpu` or `--backend flex` (the CPU)."
@@ -54,6 +67,12 @@ const NO_DEVICE_HINT: &str = if cfg!(feature = "cuda") {
 /// Starts the backend on its device with one tiny operation, so that a missing driver or GPU
 /// is one clear error before any work, not a panic from deep inside wgpu or CubeCL. Free on
 /// the CPU backends. Call it once, first thing, in a binary.
+#[cfg(any(
+    feature = "flex",
+    feature = "ndarray",
+    feature = "wgpu",
+    feature = "cuda"
+))]
 pub fn check_device() -> Result<(), DeviceError> {
     if !IS_GPU {
         return Ok(());

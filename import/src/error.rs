@@ -14,7 +14,7 @@ pub enum ImportError {
     },
     #[error(
         "{path}: not a checkpoint this importer understands ({reason}); expected a .safetensors \
-         file, a PyTorch .pth/.pt/.bin state dict, or a directory written by `import`"
+         file, a PyTorch .pth/.pt/.bin state dict, an ONNX model, or a directory written by `import`"
     )]
     NotACheckpoint { path: PathBuf, reason: String },
     #[error("{path}: corrupt or truncated checkpoint: {reason}")]

@@ -16,6 +16,9 @@ pub struct ImportOptions {
     pub num_heads: Option<usize>,
     /// Run at another resolution: the position embedding is resampled (bicubic, as timm).
     pub img_size: Option<usize>,
+    /// How to resample it; timm's antialiased bicubic unless the file says otherwise (an ONNX
+    /// graph's own `Resize`).
+    pub resampling: Option<crate::resample::Resampling>,
     /// Override the pooling inferred from the tensors.
     pub global_pool: Option<GlobalPool>,
     /// LayerNorm epsilon; defaults to timm's 1e-6 (Hugging Face's config value for HF files).

@@ -21,18 +21,13 @@ mod converted;
 mod error;
 mod hf_layout;
 mod infer_config;
+pub mod onnx;
 mod readers;
 pub mod resample;
 mod tensor_map;
 mod trained;
 mod vit_loader;
 
-#[cfg(any(
-    feature = "flex",
-    feature = "ndarray",
-    feature = "wgpu",
-    feature = "cuda"
-))]
 pub mod backend;
 mod config_compat;
 pub mod panics;
@@ -65,16 +60,32 @@ pub struct Imported<B: Backend> {
     pub model: VisionTransformer<B>,
 }
 
-/// Imports a timm, PyTorch or Hugging Face ViT checkpoint file.
+/// Imports a timm, PyTorch or Hugging Face ViT checkpoint file, or a ViT exported to ONNX.
 pub fn import_checkpoint<B: Backend>(
     path: &Path,
     opts: &ImportOptions,
     device: &B::Device,
 ) -> Result<Imported<B>> {
-    let mut map = read_checkpoint(path)?;
+    let mut opts = opts.clone();
     let mut hints = None;
+    let mut map = if sniff_format(path)? == CheckpointFormat::Onnx {
+        // What the graph computes: its input size, its resampling of the position grid to
+        // it, its LayerNorm epsilon (the user's flags still win).
+        let onnx = onnx::read_onnx(path)?;
+        opts.img_size = opts.img_size.or(onnx.input_size);
+        opts.resampling = opts.resampling.or(onnx.resampling);
+        hints = Some(HfConfigHints {
+            num_heads: onnx.num_heads,
+            layer_norm_eps: onnx.norm_eps,
+        });
+        onnx.map
+    } else {
+        read_checkpoint(path)?
+    };
     if is_hf_layout(&map) {
-        hints = read_sidecar_config(path)?;
+        if hints.is_none() {
+            hints = read_sidecar_config(path)?;
+        }
         map = hf_to_timm(map)?;
         if hints.is_none() && opts.norm_eps.is_none() {
             // transformers' defaults when no config.json says otherwise: 1e-12 for ViTConfig,
@@ -87,9 +98,9 @@ pub fn import_checkpoint<B: Backend>(
             });
         }
     }
-    let config = infer_config(&map, opts, hints.as_ref())?;
+    let config = infer_config(&map, &opts, hints.as_ref())?;
     let preprocess = default_preprocess(&config, opts.arch.as_deref());
-    let model = load_vit(&config, map, device)?;
+    let model = load_vit(&config, map, opts.resampling.unwrap_or_default(), device)?;
     Ok(Imported {
         config,
         preprocess,

@@ -17,6 +17,8 @@ pub enum CheckpointFormat {
     SafeTensors,
     /// PyTorch ≥ 1.6 zip archive, or the legacy bare pickle.
     Pytorch,
+    /// An ONNX model (a `ModelProto`), read by [`crate::onnx`].
+    Onnx,
 }
 
 /// Reads the first bytes of `path` to tell which format it is.
@@ -33,10 +35,14 @@ pub fn sniff_format(path: &Path) -> Result<CheckpointFormat> {
     if head.starts_with(b"PK\x03\x04") || head.first() == Some(&0x80) {
         return Ok(CheckpointFormat::Pytorch);
     }
+    // ONNX: a ModelProto begins with field 1, `ir_version`, a small varint (3 to 13 so far).
+    if n >= 2 && head[0] == 0x08 && (1..0x40).contains(&head[1]) {
+        return Ok(CheckpointFormat::Onnx);
+    }
     let reason = if n == 0 {
         "the file is empty".to_string()
     } else {
-        "neither a safetensors header, a zip archive nor a pickle".to_string()
+        "neither a safetensors header, a zip archive, a pickle nor an ONNX model".to_string()
     };
     Err(ImportError::NotACheckpoint {
         path: path.to_path_buf(),
@@ -56,6 +62,7 @@ pub fn read_tensor_file(path: &Path) -> Result<TensorMap> {
     let tensors = match sniff_format(path)? {
         CheckpointFormat::SafeTensors => read_safetensors(path)?,
         CheckpointFormat::Pytorch => read_pytorch(path)?,
+        CheckpointFormat::Onnx => return Ok(crate::onnx::read_onnx(path)?.map),
     };
     if tensors.is_empty() {
         return Err(ImportError::NotACheckpoint {
@@ -172,7 +179,9 @@ fn read_pytorch(path: &Path) -> Result<BTreeMap<String, HostTensor>> {
 /// Training scripts save `{"model": state_dict, "optimizer": ...}` or wrap models in
 /// `DataParallel` (`module.`). Find the prefix under which the position embedding lives, keep only
 /// the tensors under it, and strip it.
-fn select_model_tensors(tensors: BTreeMap<String, HostTensor>) -> BTreeMap<String, HostTensor> {
+pub(crate) fn select_model_tensors(
+    tensors: BTreeMap<String, HostTensor>,
+) -> BTreeMap<String, HostTensor> {
     // Longest first, so a Hugging Face `vit.` prefix stays part of the key.
     const ANCHORS: [&str; 3] = [
         "vit.embeddings.position_embeddings",

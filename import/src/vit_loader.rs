@@ -7,14 +7,16 @@ use dmpo_model::vit::{VisionTransformer, VitConfig};
 
 use crate::error::Result;
 use crate::infer_config::checkpoint_grid;
-use crate::resample::resample_pos_embed;
+use crate::resample::{Resampling, resample_pos_embed};
 use crate::tensor_map::{HostTensor, TensorMap};
 
 /// Moves every tensor of `map` into a model of architecture `config`. Each tensor must be
-/// present with the shape the architecture implies; any tensor left over is an error.
+/// present with the shape the architecture implies; any tensor left over is an error. A position
+/// embedding trained for another grid is resampled with `resampling`.
 pub fn load_vit<B: Backend>(
     config: &VitConfig,
     mut map: TensorMap,
+    resampling: Resampling,
     device: &B::Device,
 ) -> Result<VisionTransformer<B>> {
     let mut model = config.init::<B>(device);
@@ -41,7 +43,7 @@ pub fn load_vit<B: Backend>(
         tracing::info!("resampling position embedding from {old}x{old} to {new}x{new} patches");
         pos = HostTensor::new(
             vec![1, prefix + new * new, d],
-            resample_pos_embed(&pos.data, prefix, old, new, d),
+            resample_pos_embed(&pos.data, prefix, (old, new), d, resampling),
         );
     }
     model.pos_embed = param(pos, device);

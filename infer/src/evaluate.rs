@@ -102,7 +102,7 @@ pub fn write_report(dir: &Path, stem: &str, reports: &[EvalReport]) -> std::io::
     write_atomic(&dir.join(format!("{stem}.svg")), svg.as_bytes())
 }
 
-fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("out");
     let tmp = path.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
     std::fs::write(&tmp, bytes)?;

@@ -15,6 +15,7 @@ mod exit_policy;
 mod model_dir;
 mod multi_exit;
 mod plot;
+mod seed_summary;
 pub mod transform;
 
 pub use batches::eval_batches;
@@ -30,3 +31,4 @@ pub use model_dir::{
 };
 pub use multi_exit::{MultiExit, cumulative_costs};
 pub use plot::plot_curves;
+pub use seed_summary::{ArmSummary, BudgetSummary, MeanStd, summary_table, write_summary};

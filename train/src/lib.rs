@@ -5,6 +5,7 @@
 //! preprocessing ([`data`], [`transform`]), per-exit metrics shown live, AdamW with warm-up +
 //! cosine, decoupled weight decay on matrices only, gradient clipping, checkpoints and resume.
 
+mod arm;
 mod atomic_recorder;
 mod batcher;
 mod epoch_loader;
@@ -24,6 +25,7 @@ mod step_bench;
 mod synthetic;
 mod trainee;
 
+pub use arm::Arm;
 pub use atomic_recorder::{AtomicFileRecorder, PARTIAL_DIR, last_complete_checkpoint};
 pub use batcher::{EpochWeights, ExitBatch, ExitBatcher};
 pub use epoch_loader::{EpochCounter, EpochLoader, Split};

@@ -212,3 +212,108 @@ fn a_bad_self_distillation_weight_is_refused_before_any_work() {
     );
     assert!(!out.exists(), "nothing is written for a refused run");
 }
+
+/// `compare` over several arms and seeds: one run per arm and seed, the mean ± std table over
+/// the seeds, and `--resume` keeps the runs already finished.
+#[test]
+fn compare_runs_every_arm_for_every_seed_and_resumes_finished_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    write_idx(&data, "train", 120, None);
+    write_idx(&data, "t10k", 40, None);
+    let out = dir.path().join("compare");
+    let compare = || {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_dmpo-train"));
+        cmd.args(["compare", "--heads", "3", "--exits", "2,4"])
+            .args(["--arms", "dmpo,baseline,last-exit,linear-probe"])
+            .args(["--seeds", "1,2", "--budgets", "0.7", "--budget", "1.0"])
+            .args(["--epochs", "1", "--batch", "32", "--workers", "1"])
+            .args(["--no-augment", "--resume"])
+            .arg("--backbone")
+            .arg(fixture("vit_pico_cls.pth"))
+            .arg("--data")
+            .arg(&data)
+            .arg("--out")
+            .arg(&out);
+        cmd.output().unwrap()
+    };
+    let first = compare();
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    for arm in ["dmpo", "baseline", "last-exit", "linear-probe"] {
+        for seed in [1, 2] {
+            let run = out.join(arm).join(format!("seed-{seed}"));
+            assert!(run.join("eval.json").is_file(), "{}", run.display());
+        }
+    }
+    let probe: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(out.join("linear-probe/seed-1/model.json")).unwrap(),
+    )
+    .unwrap();
+    assert!(probe["dmpo"]["adapter"].is_null(), "{probe}");
+    let table = std::fs::read_to_string(out.join("summary.md")).unwrap();
+    for row in [
+        "| DMPO |",
+        "| baseline |",
+        "| last exit |",
+        "| linear probe |",
+    ] {
+        assert!(table.contains(row), "{row} not in {table}");
+    }
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(summary[0]["full_depth"]["accuracy"]["runs"], 2);
+
+    let time = out.join("dmpo/seed-1/run-time.json");
+    let before = std::fs::read_to_string(&time).unwrap();
+    let second = compare();
+    assert!(second.status.success());
+    let log = String::from_utf8_lossy(&second.stderr);
+    assert!(log.contains("finished before"), "{log}");
+    assert_eq!(std::fs::read_to_string(&time).unwrap(), before);
+}
+
+/// `--img-size` resamples a checkpoint file's position grid; a converted backbone directory of
+/// another size is refused with one line.
+#[test]
+fn img_size_resamples_a_checkpoint_and_refuses_a_converted_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    write_idx(&data, "train", 60, None);
+    write_idx(&data, "t10k", 20, None);
+    let out = dir.path().join("model");
+    let output = train_command(dir.path(), &out)
+        .args(["--img-size", "48", "--epochs", "1", "--workers", "1"])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("backbone/config.json")).unwrap())
+            .unwrap();
+    assert_eq!(config["vit"]["img_size"], 48, "{config}");
+
+    let output = Command::new(env!("CARGO_BIN_EXE_dmpo-train"))
+        .args(["train", "--img-size", "64", "--backbone"])
+        .arg(out.join("backbone"))
+        .arg("--data")
+        .arg(&data)
+        .arg("--out")
+        .arg(dir.path().join("again"))
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("--img-size 64") && stderr.contains("48 px"),
+        "{stderr}"
+    );
+}

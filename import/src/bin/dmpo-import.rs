@@ -97,6 +97,7 @@ impl Source {
             img_size: self.img_size,
             global_pool: self.global_pool,
             norm_eps: self.norm_eps,
+            resampling: None,
         }
     }
 }

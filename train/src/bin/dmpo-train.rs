@@ -10,15 +10,15 @@ use dmpo_import::backend::{self, Backend};
 use dmpo_import::{ImportOptions, TrainedBinding, load_any, save_backbone, save_trained};
 use dmpo_infer::data::{ImageDataset, load_splits};
 use dmpo_infer::{
-    BACKBONE_DIR, Budget, Criterion, EvalReport, ModelInfo, TRAINED_FILE, calibrate,
-    collect_scores, eval_batches, evaluate, write_model_info, write_report,
+    ArmSummary, BACKBONE_DIR, Budget, Criterion, EvalReport, ModelInfo, TRAINED_FILE, calibrate,
+    collect_scores, eval_batches, evaluate, summary_table, write_model_info, write_report,
+    write_summary,
 };
 use dmpo_model::dmpo::{DmpoConfig, DmpoModel};
 use dmpo_model::vit::preset;
 use dmpo_train::{
-    LossSchedule, PixelBaselineConfig, PretrainConfig, SelfDistillation, StepBenchConfig,
-    TrainConfig, Tuning, backbone_accuracy, bench_train_step, exclude_images, pixel_baseline,
-    pretrain, train,
+    Arm, PixelBaselineConfig, PretrainConfig, SelfDistillation, StepBenchConfig, TrainConfig,
+    Tuning, backbone_accuracy, bench_train_step, exclude_images, pixel_baseline, pretrain, train,
 };
 
 type TrainBackend = Autodiff<Backend>;
@@ -44,10 +44,27 @@ enum Command {
         #[arg(long)]
         resume: bool,
     },
-    /// Train DMPO and the baseline on the same data and budget; plot both curves together.
+    /// Train DMPO and the baseline (or the `--arms` given) on the same data and budget, for one
+    /// or several `--seeds`; plot the curves together and tabulate mean ± std per budget.
     Compare {
         #[command(flatten)]
         run: RunArgs,
+        /// The methods to train: dmpo, baseline (plain multi-exit), last-exit (adapters, one exit
+        /// after the last block), linear-probe (frozen backbone, linear head).
+        #[arg(
+            long,
+            value_enum,
+            value_delimiter = ',',
+            default_value = "dmpo,baseline"
+        )]
+        arms: Vec<Arm>,
+        /// Seeds, each a full run of every arm [default: --seed].
+        #[arg(long, value_delimiter = ',')]
+        seeds: Vec<u64>,
+        /// Keep the runs already finished in --out and continue an interrupted one from its last
+        /// checkpoint.
+        #[arg(long)]
+        resume: bool,
     },
     /// Pretrain a small ViT from scratch, supervised: on a labelled dataset (`--data`; the
     /// embedded demo backbone is Fashion-MNIST's training split less the demo's images), or on
@@ -111,6 +128,10 @@ struct RunArgs {
     arch: Option<String>,
     #[arg(long)]
     heads: Option<usize>,
+    /// Run the backbone at this input size: a checkpoint file's position grid is resampled to
+    /// it (as timm does, or as the ONNX graph does) [default: the backbone's].
+    #[arg(long)]
+    img_size: Option<usize>,
     /// Dataset directory (IDX, CIFAR, VTAB-1k lists or train/ + val/ image folders; default:
     /// the embedded Fashion-MNIST subset).
     #[arg(long, default_value = DEFAULT_DATA)]
@@ -198,16 +219,16 @@ fn run(cli: Cli) -> Result<(), Error> {
             baseline,
             resume,
         } => {
-            let report = tune(&run, baseline, resume, &run.out)?;
+            let arm = if baseline { Arm::Baseline } else { Arm::Dmpo };
+            let report = tune(&run, arm, resume, &run.out)?;
             println!("\n{report}");
         }
-        Command::Compare { run } => {
-            let dmpo = tune(&run, false, false, &run.out.join("dmpo"))?;
-            let base = tune(&run, true, false, &run.out.join("baseline"))?;
-            println!("\n{dmpo}\n{base}");
-            write_report(&run.out, "compare", &[dmpo, base])?;
-            tracing::info!("wrote {}/compare.{{json,csv,svg}}", run.out.display());
-        }
+        Command::Compare {
+            run,
+            arms,
+            seeds,
+            resume,
+        } => compare(&run, &arms, &seeds, resume)?,
         Command::Pretrain(args) => run_pretrain(&args)?,
         Command::PixelBaseline { data } => {
             let splits = load_splits(&data)?;
@@ -614,8 +635,85 @@ fn datasets(a: &RunArgs) -> Result<(ImageDataset, ImageDataset, ImageDataset), E
     Ok((s.train, held_out, s.test))
 }
 
-/// Trains one model into `out` and evaluates it.
-fn tune(a: &RunArgs, baseline: bool, resume: bool, out: &Path) -> Result<EvalReport, Error> {
+/// Every arm for every seed into `a.out/<arm>[/seed-<s>]`, then the summary: mean ± std per
+/// budget over the seeds, and the time each arm took.
+fn compare(a: &RunArgs, arms: &[Arm], seeds: &[u64], resume: bool) -> Result<(), Error> {
+    let seeds = if seeds.is_empty() {
+        vec![a.seed]
+    } else {
+        seeds.to_vec()
+    };
+    // Seed by seed, every arm: an interrupted comparison has whole seeds to show.
+    let mut runs: Vec<Vec<(EvalReport, f64)>> = vec![Vec::new(); arms.len()];
+    for &seed in &seeds {
+        for (i, &arm) in arms.iter().enumerate() {
+            let mut dir = a.out.join(arm.dir());
+            if seeds.len() > 1 {
+                dir = dir.join(format!("seed-{seed}"));
+            }
+            let run = RunArgs { seed, ..a.clone() };
+            let done = finished_run(&dir).filter(|_| resume);
+            if done.is_some() {
+                tracing::info!(
+                    "{} seed {seed}: finished before, in {}",
+                    arm.name(),
+                    dir.display()
+                );
+            }
+            let finished = match done {
+                Some(done) => done,
+                None => {
+                    let start = std::time::Instant::now();
+                    let report = tune(&run, arm, resume, &dir)?;
+                    let s = start.elapsed().as_secs_f64();
+                    let time = serde_json::json!({ "seconds": s });
+                    dmpo_import::write_atomic(
+                        &dir.join(RUN_TIME_FILE),
+                        time.to_string().as_bytes(),
+                    )?;
+                    (report, s)
+                }
+            };
+            runs[i].push(finished);
+        }
+    }
+    let summaries: Vec<ArmSummary> = arms
+        .iter()
+        .zip(&runs)
+        .map(|(arm, runs)| {
+            let (reports, seconds): (Vec<EvalReport>, Vec<f64>) = runs.iter().cloned().unzip();
+            ArmSummary::new(arm.name(), &seeds, &reports, &seconds)
+        })
+        .collect();
+    let all: Vec<EvalReport> = runs.into_iter().flatten().map(|(r, _)| r).collect();
+    if seeds.len() == 1 {
+        for r in &all {
+            println!("\n{r}");
+        }
+        write_report(&a.out, "compare", &all)?;
+    }
+    let mut fractions = a.budgets.clone();
+    fractions.push(1.0);
+    write_summary(&a.out, &summaries, &fractions)?;
+    println!("\n{}", summary_table(&summaries, &fractions));
+    tracing::info!("wrote {}/summary.{{json,csv,md,svg}}", a.out.display());
+    Ok(())
+}
+
+/// Where a finished run records its wall-clock time.
+const RUN_TIME_FILE: &str = "run-time.json";
+
+/// The report and time of a run already finished in `dir`.
+fn finished_run(dir: &Path) -> Option<(EvalReport, f64)> {
+    let report: Vec<EvalReport> =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("eval.json")).ok()?).ok()?;
+    let time: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join(RUN_TIME_FILE)).ok()?).ok()?;
+    Some((report.into_iter().next()?, time["seconds"].as_f64()?))
+}
+
+/// Trains one model of method `arm` into `out` and evaluates it.
+fn tune(a: &RunArgs, arm: Arm, resume: bool, out: &Path) -> Result<EvalReport, Error> {
     let device = backend::device();
     // The embedded demo data is small: it gets the small-data recipe unless told otherwise.
     let defaults = if a.data == Path::new(DEFAULT_DATA) {
@@ -624,7 +722,7 @@ fn tune(a: &RunArgs, baseline: bool, resume: bool, out: &Path) -> Result<EvalRep
         &GENERAL
     };
     // The plain multi-exit baseline trains every exit on the labels alone.
-    let distillation = if baseline {
+    let distillation = if !arm.distills() {
         SelfDistillation::off()
     } else {
         SelfDistillation::new()
@@ -643,12 +741,24 @@ fn tune(a: &RunArgs, baseline: bool, resume: bool, out: &Path) -> Result<EvalRep
     let opts = ImportOptions {
         arch: a.arch.clone(),
         num_heads: a.heads,
+        img_size: a.img_size,
         ..Default::default()
     };
     let (info, backbone) = if resume && backbone_dir.is_dir() {
         dmpo_import::load_backbone::<TrainBackend>(&backbone_dir, &device)?
     } else {
         let (info, backbone) = load_any::<TrainBackend>(&a.backbone, &opts, &device)?;
+        if let Some(size) = a.img_size
+            && size != info.vit.img_size
+        {
+            return Err(format!(
+                "--img-size {size}: {} holds a backbone converted for {} px; pass the checkpoint \
+                 file instead, whose position grid is then resampled",
+                a.backbone.display(),
+                info.vit.img_size
+            )
+            .into());
+        }
         let source = a.backbone.display().to_string();
         let info = save_backbone(
             &backbone_dir,
@@ -659,30 +769,23 @@ fn tune(a: &RunArgs, baseline: bool, resume: bool, out: &Path) -> Result<EvalRep
         )?;
         (info, backbone)
     };
-
-    let mut dmpo = if baseline {
-        DmpoConfig::baseline(classes.len())
-    } else {
-        DmpoConfig::new(classes.len())
-    };
-    dmpo.exits = if a.exits.is_empty() {
+    let exits = if a.exits.is_empty() {
         defaults.exits.to_vec()
     } else {
         a.exits.clone()
     };
+    let adapter = dmpo_model::dmpo::AdapterConfig::new()
+        .with_dim(a.adapter_dim)
+        .with_scale(a.adapter_scale.unwrap_or(defaults.adapter_scale));
+    let mut dmpo = arm.model_config(classes.len(), info.vit.depth, &exits, adapter);
     dmpo.covariance.dim = a.cov_dim.or(defaults.cov_dim);
-    dmpo.adapter = Some(
-        dmpo_model::dmpo::AdapterConfig::new()
-            .with_dim(a.adapter_dim)
-            .with_scale(a.adapter_scale.unwrap_or(defaults.adapter_scale)),
-    );
     // Seeded before the add-ons are initialised: the same seed gives the same run.
     <TrainBackend as burn::prelude::Backend>::seed(&device, a.seed);
     let model: DmpoModel<TrainBackend> = dmpo.init(backbone, &device)?;
     let counts = model.param_counts();
     tracing::info!(
         "{} model: exits after blocks {:?}, {} trainable of {} parameters ({:.2}%)",
-        if baseline { "baseline" } else { "DMPO" },
+        arm.name(),
         model.exits,
         counts.trainable,
         counts.total,
@@ -691,11 +794,7 @@ fn tune(a: &RunArgs, baseline: bool, resume: bool, out: &Path) -> Result<EvalRep
     let mut model_info = ModelInfo::new(dmpo.clone(), info.preprocess.clone(), classes);
     write_model_info(out, &model_info)?;
 
-    let schedule = if baseline {
-        LossSchedule::uniform()
-    } else {
-        LossSchedule::new()
-    };
+    let schedule = arm.schedule();
     let config = TrainConfig::new()
         .with_epochs(a.epochs.unwrap_or(defaults.epochs))
         .with_batch_size(a.batch)
@@ -743,8 +842,7 @@ fn tune(a: &RunArgs, baseline: bool, resume: bool, out: &Path) -> Result<EvalRep
     };
     let calib = collect_scores(&trained, batches(&held_out), Criterion::MaxProb, full);
     let measured = collect_scores(&trained, batches(&test), Criterion::MaxProb, full);
-    let name = if baseline { "baseline" } else { "DMPO" };
-    let report = evaluate(name, &calib, &measured, &a.budgets);
+    let report = evaluate(arm.name(), &calib, &measured, &a.budgets);
     write_report(out, "eval", std::slice::from_ref(&report))?;
     match calibrate(&calib, Budget::Fraction(a.budget)) {
         Ok((policy, _)) => {
