@@ -157,6 +157,21 @@ pub fn load_trained<B: Backend>(path: &Path, mut model: DmpoModel<B>) -> Result<
         .map(|(p, _)| p.clone())
         .filter(|p| !p.starts_with("backbone."))
         .collect();
+    let dispatcher = |p: &String| p.starts_with("dispatchers.");
+    if missing.iter().any(dispatcher) || result.unused.iter().any(dispatcher) {
+        let (says, holds) = if model.dispatches() {
+            ("dispatches tokens (DyT)", "holds no dispatcher tensors")
+        } else {
+            ("does not dispatch tokens", "holds DyT dispatcher tensors")
+        };
+        return Err(ImportError::Config {
+            path: path.to_path_buf(),
+            reason: format!(
+                "the method does not match the tensors: model.json says the model {says}, but \
+                 this file {holds}; keep the model folder's files together"
+            ),
+        });
+    }
     if !result.errors.is_empty() || !missing.is_empty() || !result.unused.is_empty() {
         return Err(ImportError::Corrupt {
             path: path.to_path_buf(),

@@ -20,6 +20,13 @@ pub struct ExitScores {
     pub stages: Vec<StageCost>,
     /// MACs of the bare full-depth backbone: what a budget fraction is a fraction of.
     pub full_macs: u64,
+    /// `[sample][exit]`: MACs the sample saved up to that exit by skipping tokens (DyT's
+    /// dispatch); empty when the model skips nothing.
+    #[serde(default)]
+    pub saved: Vec<Vec<u64>>,
+    /// What a sample would save at full depth if every patch token skipped every MLP.
+    #[serde(default)]
+    pub skippable: u64,
 }
 
 impl ExitScores {
@@ -30,6 +37,26 @@ impl ExitScores {
     /// MACs of leaving at each exit when every exit head runs.
     pub fn exit_macs(&self) -> Vec<u64> {
         cumulative_costs(&self.stages)
+    }
+
+    /// The share of patch tokens that went through the MLPs at full depth (DyT), if tokens
+    /// were dispatched.
+    pub fn token_rate(&self) -> Option<f64> {
+        if self.saved.is_empty() || self.skippable == 0 {
+            return None;
+        }
+        let n = self.saved.len() as f64;
+        let saved: f64 = self
+            .saved
+            .iter()
+            .map(|s| *s.last().unwrap_or(&0) as f64)
+            .sum();
+        Some(1.0 - saved / n / self.skippable as f64)
+    }
+
+    /// What sample `i` saved by skipping tokens up to exit `k`.
+    pub fn saved_by(&self, i: usize, k: usize) -> u64 {
+        self.saved.get(i).map_or(0, |s| s[k])
     }
 }
 
@@ -69,11 +96,21 @@ pub fn collect_scores<B: Backend, M: MultiExit<B>>(
 ) -> ExitScores {
     let mut confidence = Vec::new();
     let mut correct = Vec::new();
+    let mut saved = Vec::new();
     for (images, labels) in batches {
         let mut x = model.embed(images);
         let mut per_exit = Vec::with_capacity(model.num_exits());
+        // `[sample][exit]`, cumulative.
+        let mut batch_saved: Option<Vec<Vec<u64>>> = None;
         for k in 0..model.num_exits() {
-            x = model.forward_trunk(k, x);
+            let (h, stage_saved) = model.forward_trunk_counted(k, x);
+            x = h;
+            if let Some(stage) = stage_saved {
+                let rows = batch_saved.get_or_insert_with(|| vec![Vec::new(); stage.len()]);
+                for (row, s) in rows.iter_mut().zip(stage) {
+                    row.push(row.last().copied().unwrap_or(0) + s);
+                }
+            }
             let probs = softmax(model.forward_exit(k, x.clone()), 1);
             let classes = probs.dims()[1];
             let probs: Vec<f32> = probs.into_data().convert::<f32>().into_vec().expect("f32");
@@ -90,6 +127,7 @@ pub fn collect_scores<B: Backend, M: MultiExit<B>>(
             confidence.push(c);
             correct.push(ok);
         }
+        saved.extend(batch_saved.unwrap_or_default());
     }
     ExitScores {
         criterion,
@@ -97,6 +135,8 @@ pub fn collect_scores<B: Backend, M: MultiExit<B>>(
         correct,
         stages: model.stage_costs(),
         full_macs,
+        saved,
+        skippable: model.skippable_macs(),
     }
 }
 
@@ -106,13 +146,13 @@ pub fn simulate(scores: &ExitScores, policy: &ExitPolicy) -> Simulated {
     let exit_macs = policy.exit_costs(&scores.stages);
     let mut histogram = vec![0; exits];
     let (mut right, mut macs) = (0usize, 0f64);
-    for (conf, ok) in scores.confidence.iter().zip(&scores.correct) {
+    for (i, (conf, ok)) in scores.confidence.iter().zip(&scores.correct).enumerate() {
         let k = (0..exits)
             .find(|&k| policy.exits_at(k, exits, conf[k]))
             .unwrap_or(exits - 1);
         histogram[k] += 1;
         right += usize::from(ok[k]);
-        macs += exit_macs[k] as f64;
+        macs += (exit_macs[k] - scores.saved_by(i, k)) as f64;
     }
     let n = scores.confidence.len().max(1) as f64;
     Simulated {
@@ -169,7 +209,12 @@ impl NextDown for f32 {
 /// `p` for the most expensive (so most accurate) policy that stays within the budget.
 pub fn calibrate(scores: &ExitScores, budget: Budget) -> Result<(ExitPolicy, Simulated), String> {
     let target = budget.macs(scores.full_macs);
-    let cheapest = scores.exit_macs().first().copied().unwrap_or(0) as f64;
+    let first = scores.exit_macs().first().copied().unwrap_or(0) as f64;
+    let n = scores.confidence.len().max(1) as f64;
+    let saved: f64 = (0..scores.confidence.len())
+        .map(|i| scores.saved_by(i, 0) as f64)
+        .sum();
+    let cheapest = first - saved / n;
     if target < cheapest {
         return Err(format!(
             "budget {:.3} GMACs is below the cheapest exit ({:.3} GMACs, {:.1}% of the backbone)",

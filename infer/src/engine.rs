@@ -13,7 +13,8 @@ pub struct Prediction {
     /// Index of the exit that answered (0 = first).
     pub exit: usize,
     pub probs: Vec<f32>,
-    /// MACs spent on this sample: the trunk up to its exit and every exit head it passed.
+    /// MACs spent on this sample: the trunk up to its exit (less the MLPs of the tokens it
+    /// skipped) and every exit head it passed.
     pub macs: u64,
 }
 
@@ -37,9 +38,14 @@ pub fn run_early_exit<B: Backend, M: MultiExit<B>>(
     let mut done: Vec<Option<Prediction>> = vec![None; n];
     // `alive[row]` = input index of row `row` of the current batch.
     let mut alive: Vec<usize> = (0..n).collect();
+    // MACs each input saved so far by skipping tokens (DyT).
+    let mut saved = vec![0u64; n];
     let mut x = model.embed(images);
     for (k, &exit_macs) in cost.iter().enumerate() {
-        let h = model.forward_trunk(k, x);
+        let (h, stage_saved) = model.forward_trunk_counted(k, x);
+        for (&index, s) in alive.iter().zip(stage_saved.unwrap_or_default()) {
+            saved[index] += s;
+        }
         if !policy.evaluates(k, exits) {
             // No sample can leave here: skip the head (its cost is not counted either).
             x = h;
@@ -62,7 +68,7 @@ pub fn run_early_exit<B: Backend, M: MultiExit<B>>(
                     confidence,
                     exit: k,
                     probs: p.to_vec(),
-                    macs: exit_macs,
+                    macs: exit_macs - saved[index],
                 });
             } else {
                 keep.push(row);

@@ -28,6 +28,10 @@ pub struct EvalReport {
     /// The full-depth model: everyone leaves at the last exit.
     pub full_depth: CurvePoint,
     pub curve: Vec<CurvePoint>,
+    /// DyT: the share of patch tokens that went through the MLPs at full depth on the test
+    /// split (`None` without token dispatch).
+    #[serde(default)]
+    pub token_rate: Option<f64>,
 }
 
 /// Calibrates on `held_out` for each budget fraction and measures on `test`.
@@ -73,6 +77,7 @@ pub fn evaluate(
         backbone_gmacs: test.full_macs as f64 / 1e9,
         full_depth,
         curve,
+        token_rate: test.token_rate(),
     }
 }
 
@@ -120,6 +125,13 @@ impl std::fmt::Display for EvalReport {
             .map(|(a, g)| format!("{:.2}% @ {:.4} GMACs", 100.0 * a, g))
             .collect();
         writeln!(f, "per-exit accuracy: {}", exits.join(" | "))?;
+        if let Some(rate) = self.token_rate {
+            writeln!(
+                f,
+                "token rate: {:.1}% of patch tokens through the MLPs at full depth",
+                100.0 * rate
+            )?;
+        }
         writeln!(
             f,
             "{:>8} {:>10} {:>8} {:>9}  exits",

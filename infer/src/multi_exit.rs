@@ -12,8 +12,17 @@ pub trait MultiExit<B: Backend> {
     fn forward_trunk(&self, k: usize, x: Tensor<B, 3>) -> Tensor<B, 3>;
     /// Exit `k`'s logits: `[b, T, D]` → `[b, classes]`.
     fn forward_exit(&self, k: usize, h: Tensor<B, 3>) -> Tensor<B, 2>;
-    /// Per-image MACs of each stage.
+    /// Per-image MACs of each stage, every token through every MLP.
     fn stage_costs(&self) -> Vec<StageCost>;
+    /// Stage `k`'s trunk, with the MACs each sample saved in it by skipping tokens (DyT):
+    /// `[b]`, or `None` when the model skips nothing.
+    fn forward_trunk_counted(&self, k: usize, x: Tensor<B, 3>) -> (Tensor<B, 3>, Option<Vec<u64>>) {
+        (self.forward_trunk(k, x), None)
+    }
+    /// What one sample would save at full depth if every patch token skipped every MLP.
+    fn skippable_macs(&self) -> u64 {
+        0
+    }
 }
 
 impl<B: Backend> MultiExit<B> for DmpoModel<B> {
@@ -31,6 +40,38 @@ impl<B: Backend> MultiExit<B> for DmpoModel<B> {
     }
     fn stage_costs(&self) -> Vec<StageCost> {
         DmpoModel::stage_costs(self)
+    }
+    fn forward_trunk_counted(&self, k: usize, x: Tensor<B, 3>) -> (Tensor<B, 3>, Option<Vec<u64>>) {
+        if !self.dispatches() {
+            return (DmpoModel::forward_trunk(self, k, x), None);
+        }
+        let (h, masks) = self.forward_trunk_with(k, x, dmpo_model::dyt::Dispatch::Hard);
+        let b = h.dims()[0];
+        let per_token = self.skipped_token_macs();
+        let mut saved = vec![0u64; b];
+        for mask in masks {
+            let patches = mask.dims()[1];
+            let kept: Vec<f32> = mask
+                .sum_dim(1)
+                .into_data()
+                .convert::<f32>()
+                .into_vec()
+                .expect("f32");
+            for (s, k) in saved.iter_mut().zip(kept) {
+                *s += (patches as u64 - k.round() as u64) * per_token;
+            }
+        }
+        (h, Some(saved))
+    }
+    fn skippable_macs(&self) -> u64 {
+        let patches = self.backbone.pos_embed.dims()[1] - self.backbone.num_prefix_tokens;
+        // With `no_embed_class` the position embedding holds the patches alone.
+        let patches = if self.backbone.no_embed_class {
+            self.backbone.pos_embed.dims()[1]
+        } else {
+            patches
+        };
+        self.backbone.depth() as u64 * patches as u64 * self.skipped_token_macs()
     }
 }
 

@@ -120,6 +120,7 @@ impl ArmSummary {
             backbone_gmacs: 0.0,
             full_depth: point(&self.full_depth),
             curve: self.budgets.iter().map(point).collect(),
+            token_rate: None,
         }
     }
 }
@@ -212,6 +213,7 @@ mod tests {
             backbone_gmacs: 1.0,
             full_depth: point(1.0, full),
             curve: half.map(|a| point(0.5, a)).into_iter().collect(),
+            token_rate: None,
         }
     }
 

@@ -260,6 +260,8 @@ fn synthetic_scores(n: usize, seed: u64) -> ExitScores {
             .map(|(trunk, exit)| StageCost { trunk, exit })
             .to_vec(),
         full_macs: 100,
+        saved: Vec::new(),
+        skippable: 0,
     }
 }
 

@@ -6,6 +6,7 @@
 //! crate alone.
 
 pub mod dmpo;
+pub mod dyt;
 mod preprocess;
 pub mod vit;
 

@@ -5,6 +5,7 @@ use burn::prelude::*;
 use burn::tensor::Distribution;
 use dmpo_import::{ImportError, TrainedBinding, load_trained, read_binding, save_trained};
 use dmpo_model::dmpo::{DmpoConfig, DmpoModel};
+use dmpo_model::dyt::DispatchConfig;
 use dmpo_model::vit::VitConfig;
 use dmpo_tests::{TestBackend, host};
 
@@ -35,6 +36,8 @@ fn perturb(model: DmpoModel<TestBackend>) -> DmpoModel<TestBackend> {
     let DmpoModel {
         backbone,
         adapters,
+        dispatchers,
+        dispatch,
         bypasses,
         heads,
         exits,
@@ -43,6 +46,8 @@ fn perturb(model: DmpoModel<TestBackend>) -> DmpoModel<TestBackend> {
     DmpoModel {
         backbone,
         adapters: adapters.map(&mut Noise),
+        dispatchers: dispatchers.map(&mut Noise),
+        dispatch,
         bypasses: bypasses.map(&mut Noise),
         heads: heads.map(&mut Noise),
         exits,
@@ -52,9 +57,18 @@ fn perturb(model: DmpoModel<TestBackend>) -> DmpoModel<TestBackend> {
 
 #[test]
 fn trained_parts_round_trip_onto_the_same_backbone() {
+    round_trip(DmpoConfig::new(5));
+}
+
+/// DMPO+DyT: the token dispatchers travel with the other add-ons.
+#[test]
+fn trained_parts_with_token_dispatchers_round_trip() {
+    round_trip(DmpoConfig::new(5).with_dispatch(Some(DispatchConfig::new())));
+}
+
+fn round_trip(cfg: DmpoConfig) {
     let device = Default::default();
     let backbone = backbone(&device);
-    let cfg = DmpoConfig::new(5);
     let trained = perturb(cfg.init(backbone.clone(), &device).unwrap());
     let x = Tensor::<TestBackend, 4>::random([2, 3, 16, 16], Distribution::Default, &device);
     let expected: Vec<_> = trained

@@ -3,6 +3,7 @@
 //! against (what adapters give without exits, and what the frozen features give alone).
 
 use dmpo_model::dmpo::{AdapterConfig, DmpoConfig};
+use dmpo_model::dyt::DispatchConfig;
 
 use crate::LossSchedule;
 
@@ -18,6 +19,11 @@ pub enum Arm {
     LastExit,
     /// The frozen backbone and a linear head on its final class token: no adapters.
     LinearProbe,
+    /// DyT (Dynamic Tuning): adapters, a token dispatcher per block, one exit after the last.
+    Dyt,
+    /// DMPO's exits with DyT's token dispatch in the trunk.
+    #[value(name = "dmpo+dyt")]
+    DmpoDyt,
 }
 
 impl Arm {
@@ -28,6 +34,8 @@ impl Arm {
             Arm::Baseline => "baseline",
             Arm::LastExit => "last exit",
             Arm::LinearProbe => "linear probe",
+            Arm::Dyt => "DyT",
+            Arm::DmpoDyt => "DMPO+DyT",
         }
     }
 
@@ -38,32 +46,47 @@ impl Arm {
             Arm::Baseline => "baseline",
             Arm::LastExit => "last-exit",
             Arm::LinearProbe => "linear-probe",
+            Arm::Dyt => "dyt",
+            Arm::DmpoDyt => "dmpo-dyt",
         }
     }
 
     /// Whether the arm has early exits (and so an accuracy-vs-cost curve).
     pub fn exits_early(self) -> bool {
-        matches!(self, Arm::Dmpo | Arm::Baseline)
+        matches!(self, Arm::Dmpo | Arm::Baseline | Arm::DmpoDyt)
+    }
+
+    /// Whether DMPO's parts (bypasses, covariance heads, two-phase weights) are in.
+    fn is_dmpo(self) -> bool {
+        matches!(self, Arm::Dmpo | Arm::DmpoDyt)
+    }
+
+    /// Whether the blocks dispatch tokens (DyT).
+    pub fn dispatches(self) -> bool {
+        matches!(self, Arm::Dyt | Arm::DmpoDyt)
     }
 
     /// Whether self-distillation into early exits applies.
     pub fn distills(self) -> bool {
-        self == Arm::Dmpo
+        self.is_dmpo()
     }
 
-    /// The model for `classes` classes on a backbone of `depth` blocks, given the exits and
-    /// adapters the multi-exit arms use.
+    /// The model for `classes` classes on a backbone of `depth` blocks, given the exits,
+    /// adapters and token dispatch the arms use.
     pub fn model_config(
         self,
         classes: usize,
         depth: usize,
         exits: &[usize],
         adapter: AdapterConfig,
+        dispatch: DispatchConfig,
     ) -> DmpoConfig {
-        let mut config = match self {
-            Arm::Dmpo => DmpoConfig::new(classes),
-            _ => DmpoConfig::baseline(classes),
+        let mut config = if self.is_dmpo() {
+            DmpoConfig::new(classes)
+        } else {
+            DmpoConfig::baseline(classes)
         };
+        config.dispatch = self.dispatches().then_some(dispatch);
         config.exits = if self.exits_early() {
             exits.to_vec()
         } else {
@@ -75,9 +98,10 @@ impl Arm {
 
     /// The multi-exit loss weights.
     pub fn schedule(self) -> LossSchedule {
-        match self {
-            Arm::Dmpo => LossSchedule::new(),
-            _ => LossSchedule::uniform(),
+        if self.is_dmpo() {
+            LossSchedule::new()
+        } else {
+            LossSchedule::uniform()
         }
     }
 }
@@ -88,17 +112,31 @@ mod tests {
 
     #[test]
     fn single_exit_arms_keep_one_exit_and_the_probe_has_no_adapters() {
-        let adapter = AdapterConfig::new();
-        let dmpo = Arm::Dmpo.model_config(10, 12, &[3, 6, 12], adapter.clone());
+        let config = |arm: Arm| {
+            arm.model_config(
+                10,
+                12,
+                &[3, 6, 12],
+                AdapterConfig::new(),
+                DispatchConfig::new(),
+            )
+        };
+        let dmpo = config(Arm::Dmpo);
         assert_eq!(dmpo.exits, vec![3, 6, 12]);
-        assert!(dmpo.bypass.is_some() && dmpo.adapter.is_some());
-        let base = Arm::Baseline.model_config(10, 12, &[3, 6, 12], adapter.clone());
+        assert!(dmpo.bypass.is_some() && dmpo.adapter.is_some() && dmpo.dispatch.is_none());
+        let base = config(Arm::Baseline);
         assert!(base.bypass.is_none() && base.adapter.is_some());
-        let last = Arm::LastExit.model_config(10, 12, &[3, 6, 12], adapter.clone());
+        let last = config(Arm::LastExit);
         assert_eq!(last.exits, vec![12]);
         assert!(last.adapter.is_some());
-        let probe = Arm::LinearProbe.model_config(10, 12, &[3, 6, 12], adapter);
+        let probe = config(Arm::LinearProbe);
         assert_eq!(probe.exits, vec![12]);
         assert!(probe.adapter.is_none());
+        let dyt = config(Arm::Dyt);
+        assert_eq!(dyt.exits, vec![12]);
+        assert!(dyt.dispatch.is_some() && dyt.adapter.is_some());
+        let both = config(Arm::DmpoDyt);
+        assert_eq!(both.exits, vec![3, 6, 12]);
+        assert!(both.dispatch.is_some() && both.bypass.is_some());
     }
 }

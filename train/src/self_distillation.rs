@@ -58,15 +58,25 @@ impl SelfDistillation {
             return cross_entropy;
         }
         let t = self.temperature;
-        let [batch, _] = student.dims();
-        let teacher_log = log_softmax(teacher.detach() / t, 1);
-        let student_log = log_softmax(student / t, 1);
-        // KL(p_t ‖ p_s) = Σ p_t (log p_t − log p_s), averaged over the batch.
-        let kl = (teacher_log.clone().exp() * (teacher_log - student_log))
-            .sum()
-            .div_scalar(batch as f64);
+        let kl = kl_to_teacher(student, teacher, t);
         cross_entropy * (1.0 - self.weight) + kl * (self.weight * t * t)
     }
+}
+
+/// `KL(softmax(z_t/T) ‖ softmax(z_s/T))` averaged over the batch, the teacher's logits detached
+/// (`[batch, classes]` each).
+pub(crate) fn kl_to_teacher<B: Backend>(
+    student: Tensor<B, 2>,
+    teacher: Tensor<B, 2>,
+    temperature: f64,
+) -> Tensor<B, 1> {
+    let [batch, _] = student.dims();
+    let teacher_log = log_softmax(teacher.detach() / temperature, 1);
+    let student_log = log_softmax(student / temperature, 1);
+    // KL(p_t ‖ p_s) = Σ p_t (log p_t − log p_s).
+    (teacher_log.clone().exp() * (teacher_log - student_log))
+        .sum()
+        .div_scalar(batch as f64)
 }
 
 #[cfg(test)]

@@ -4,10 +4,11 @@ use burn::optim::{GradientsParams, Optimizer};
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 use dmpo_model::dmpo::DmpoModel;
+use dmpo_model::dyt::Dispatch;
 
 use crate::batcher::ExitBatch;
 use crate::metrics::MultiExitOutput;
-use crate::self_distillation::SelfDistillation;
+use crate::self_distillation::{SelfDistillation, kl_to_teacher};
 
 /// The model as the Learner trains it: the DMPO model plus the loss settings.
 #[derive(Module, Debug)]
@@ -27,9 +28,33 @@ pub struct Trainee<B: Backend> {
 
 impl<B: Backend> Trainee<B> {
     /// Every exit's logits and cross-entropy, and their weighted sum.
+    ///
+    /// With DyT's dispatchers, training runs the model twice (the public code's recipe): with
+    /// sampled gates (the *dispatched* model, whose logits are reported) and with every token
+    /// (the *complete* model). Each exit's loss gains the complete model's cross-entropy and the
+    /// KL from the complete exit to the dispatched one; the activation-rate term
+    /// `(mean m − r)²` over every block's patch tokens is added once. Validation runs the
+    /// dispatched model as inference does (hard gates, real skipping).
     pub fn forward_loss(&self, batch: ExitBatch<B>) -> MultiExitOutput<B> {
         let device = batch.images.device();
-        let logits = self.model.forward_exits(batch.images);
+        let dispatch = self
+            .model
+            .dispatch
+            .as_ref()
+            .filter(|_| B::ad_enabled(&device));
+        let (logits, masks, complete) = match dispatch {
+            Some(d) => {
+                let sampled = Dispatch::Sampled {
+                    temperature: d.temperature,
+                };
+                let (logits, masks) = self.model.forward_exits_with(batch.images.clone(), sampled);
+                let (complete, _) = self
+                    .model
+                    .forward_exits_with(batch.images, Dispatch::Complete);
+                (logits, masks, Some(complete))
+            }
+            None => (self.model.forward_exits(batch.images), Vec::new(), None),
+        };
         let ce = cross_entropy(self.label_smoothing, &device);
         let last = logits.len() - 1;
         let exit_losses: Vec<Tensor<B, 1>> = logits
@@ -37,20 +62,35 @@ impl<B: Backend> Trainee<B> {
             .enumerate()
             .map(|(k, l)| {
                 let hard = ce.forward(l.clone(), batch.targets.clone());
-                if k == last {
+                let loss = if k == last {
                     hard
                 } else {
                     self.distillation
                         .early_exit_loss(hard, l.clone(), logits[last].clone())
+                };
+                match (&complete, dispatch) {
+                    (Some(c), Some(d)) => {
+                        loss + ce.forward(c[k].clone(), batch.targets.clone()) * d.complete_weight
+                            + kl_to_teacher(l.clone(), c[k].clone(), 1.0) * d.distill_weight
+                    }
+                    _ => loss,
                 }
             })
             .collect();
-        let loss = exit_losses
+        let mut loss = exit_losses
             .iter()
             .zip(&batch.loss_weights)
             .map(|(l, &w)| l.clone() * w)
             .reduce(|a, b| a + b)
             .expect("at least one exit");
+        if let (Some(d), false) = (dispatch, masks.is_empty()) {
+            let rates = masks
+                .iter()
+                .map(|m| m.clone().mean().reshape([1]))
+                .collect();
+            let rate = Tensor::cat(rates, 0).mean();
+            loss = loss + (rate - d.token_rate).powi_scalar(2) * d.rate_weight;
+        }
         MultiExitOutput {
             loss,
             exit_losses,

@@ -317,3 +317,77 @@ fn img_size_resamples_a_checkpoint_and_refuses_a_converted_directory() {
         "{stderr}"
     );
 }
+
+/// DyT and DMPO+DyT train, calibrate and infer from the README's commands; their model folders
+/// record the method, and a folder whose method does not match its tensors is refused.
+#[test]
+fn dyt_methods_train_into_model_folders_that_infer() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    write_idx(&data, "train", 120, None);
+    write_idx(&data, "t10k", 40, None);
+    for method in ["dyt", "dmpo+dyt"] {
+        let out = dir.path().join(method);
+        // A budget above 1: the adapters and dispatchers cost something, and on these tiny
+        // images the gates may keep most tokens after two epochs.
+        let output = Command::new(env!("CARGO_BIN_EXE_dmpo-train"))
+            .args(["train", "--heads", "3", "--exits", "2,4"])
+            .args(["--budgets", "1.5", "--budget", "1.5"])
+            .args(["--method", method, "--token-rate", "0.6"])
+            .args(["--epochs", "2", "--batch", "32", "--workers", "1"])
+            .arg("--backbone")
+            .arg(fixture("vit_pico_cls.pth"))
+            .arg("--data")
+            .arg(&data)
+            .arg("--out")
+            .arg(&out)
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{method}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let info = read_model_info(&out).unwrap();
+        let dispatch = info.dmpo.dispatch.clone().expect("the method is recorded");
+        assert_eq!(dispatch.token_rate, 0.6);
+        let device = Default::default();
+        let (info, model) = load_model_dir::<NdArray>(&out, &device).unwrap();
+        assert_eq!(model.dispatchers.len(), model.backbone.depth());
+        let policy = info.require_policy(&out).unwrap().clone();
+        let x = Tensor::<NdArray, 4>::random(
+            [3, 3, 32, 32],
+            burn::tensor::Distribution::Default,
+            &device,
+        );
+        let preds = run_early_exit(&model, x, &policy);
+        let full = model.stage_costs().iter().map(|c| c.total()).sum::<u64>();
+        // A sample that skipped tokens is charged less than every token through every MLP.
+        assert!(preds.iter().all(|p| p.macs <= full), "{method}");
+
+        // model.json without the dispatch: the tensors say otherwise.
+        let mut info = read_model_info(&out).unwrap();
+        info.dmpo.dispatch = None;
+        write_model_info(&out, &info).unwrap();
+        let err = load_model_dir::<NdArray>(&out, &device)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("method does not match"), "{err}");
+        assert!(!err.contains('\n'), "{err}");
+    }
+    // An out-of-range rate is refused before any work.
+    let out = dir.path().join("refused");
+    let output = train_command(dir.path(), &out)
+        .args(["--method", "dyt", "--token-rate", "1.5"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("--token-rate") && stderr.contains("1.5"),
+        "{stderr}"
+    );
+    assert!(!out.exists());
+}

@@ -292,11 +292,26 @@ fn bench(data: &Data, budgets: &[f64], passes: usize, images: usize) -> Result<(
     let calib = scores(&model, &held_out, &info.preprocess, data);
     let batches = eval_batches::<Backend>(&test.samples, &info.preprocess, data.batch, &device);
     let n: usize = batches.iter().map(|(_, l)| l.len()).sum();
-    let mut policies = vec![(
+    // With DyT's dispatchers, the reference is the same model with every token through every
+    // MLP ("dense"); "full" is then full depth with tokens skipped.
+    let dense = model.dispatches().then(|| {
+        let mut dense = model.clone();
+        dense.dispatchers.clear();
+        dense
+    });
+    let mut policies = Vec::new();
+    if dense.is_some() {
+        policies.push((
+            "dense".to_string(),
+            ExitPolicy::full_depth(model.num_exits()),
+            1.0,
+        ));
+    }
+    policies.push((
         "full".to_string(),
         ExitPolicy::full_depth(model.num_exits()),
         1.0,
-    )];
+    ));
     for &b in budgets {
         let (p, sim) = match calibrate(&calib, Budget::Fraction(b)) {
             Ok(found) => found,
@@ -325,11 +340,15 @@ fn bench(data: &Data, budgets: &[f64], passes: usize, images: usize) -> Result<(
     // instead of whichever happened to run then.
     let mut timings: Vec<PolicyTiming> = policies.iter().map(|_| PolicyTiming::default()).collect();
     for pass in 0..=passes {
-        for ((_, policy, _), timing) in policies.iter().zip(&mut timings) {
+        for (i, ((_, policy, _), timing)) in policies.iter().zip(&mut timings).enumerate() {
+            let runner = match (&dense, i) {
+                (Some(dense), 0) => dense,
+                _ => &model,
+            };
             let start = Instant::now();
             for (images, _) in &batches {
                 let t = Instant::now();
-                let preds = run_early_exit(&model, images.clone(), policy);
+                let preds = run_early_exit(runner, images.clone(), policy);
                 let _ = Backend::sync(&device);
                 if pass > 0 {
                     timing.latencies_ms.push(t.elapsed().as_secs_f64() * 1e3);

@@ -1,5 +1,7 @@
 use burn::config::Config;
 
+use crate::dyt::DispatchConfig;
+
 /// Which predictor the early exits use.
 #[derive(Config, Debug, Copy, PartialEq, Eq)]
 pub enum EarlyHead {
@@ -71,6 +73,9 @@ pub struct DmpoConfig {
     /// Stop the early exits' gradients at the trunk, so early losses train only bypass and head.
     #[config(default = false)]
     pub detach_exit_inputs: bool,
+    /// DyT's token dispatch in every block (`None`: every token through every MLP).
+    #[config(default = "None")]
+    pub dispatch: Option<DispatchConfig>,
 }
 
 impl DmpoConfig {

@@ -5,10 +5,17 @@
 /// One transformer block on `tokens` tokens of width `dim` with an MLP of width `hidden`:
 /// qkv, q·kᵀ, attn·v, proj, fc1, fc2.
 pub fn vit_block_macs(tokens: u64, dim: u64, hidden: u64) -> u64 {
-    tokens * dim * 3 * dim
-        + 2 * tokens * tokens * dim
-        + tokens * dim * dim
-        + 2 * tokens * dim * hidden
+    vit_attention_macs(tokens, dim) + tokens * mlp_macs_per_token(dim, hidden)
+}
+
+/// The attention half of a block: qkv, q·kᵀ, attn·v, proj.
+pub fn vit_attention_macs(tokens: u64, dim: u64) -> u64 {
+    tokens * dim * 3 * dim + 2 * tokens * tokens * dim + tokens * dim * dim
+}
+
+/// The MLP of one token (fc1, fc2): what a token that DyT's dispatcher skips saves.
+pub fn mlp_macs_per_token(dim: u64, hidden: u64) -> u64 {
+    2 * dim * hidden
 }
 
 /// The patch embedding: each patch projected from `in_chans·P²` to `dim`.

@@ -27,7 +27,7 @@ pub use bypass::Bypass;
 pub use config::{
     AdapterConfig, BypassConfig, CovarianceConfig, DmpoConfig, EarlyHead, check_exit_order,
 };
-pub use cost::{StageCost, vit_block_macs, vit_embed_macs};
+pub use cost::{StageCost, mlp_macs_per_token, vit_attention_macs, vit_block_macs, vit_embed_macs};
 pub use covariance_head::CovarianceHead;
 pub use exit_head::ExitHead;
 pub use linear_head::LinearHead;

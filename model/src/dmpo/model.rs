@@ -1,8 +1,9 @@
 use burn::nn::LinearConfig;
 use burn::prelude::*;
 
-use super::cost::{StageCost, vit_block_macs, vit_embed_macs};
+use super::cost::{StageCost, mlp_macs_per_token, vit_block_macs, vit_embed_macs};
 use super::{Adapter, Bypass, CovarianceHead, DmpoConfig, EarlyHead, ExitHead, LinearHead};
+use crate::dyt::{Dispatch, TokenDispatcher, hard_gate, mlp_on_kept_tokens, straight_through_gate};
 use crate::vit::VisionTransformer;
 
 /// A frozen ViT with adapters, bypass modules and one predictor per exit.
@@ -15,6 +16,11 @@ pub struct DmpoModel<B: Backend> {
     pub backbone: VisionTransformer<B>,
     /// One per block, or none when adapters are off.
     pub adapters: Vec<Adapter<B>>,
+    /// DyT: one token dispatcher per block, or none when tokens are not dispatched.
+    pub dispatchers: Vec<TokenDispatcher<B>>,
+    /// DyT's gate temperature, target rate and loss weights (with the dispatchers).
+    #[module(skip)]
+    pub dispatch: Option<crate::dyt::DispatchConfig>,
     /// One per exit; `None` where the exit reads the trunk directly (always for the last).
     pub bypasses: Vec<Option<Bypass<B>>>,
     /// One per exit.
@@ -67,6 +73,15 @@ impl DmpoConfig {
                 .collect(),
             None => Vec::new(),
         };
+        let dispatchers = match &self.dispatch {
+            Some(dispatch) => {
+                dispatch.validate()?;
+                (0..depth)
+                    .map(|_| TokenDispatcher::new(d, prefix, device))
+                    .collect()
+            }
+            None => Vec::new(),
+        };
         let early = exits.len() - 1;
         let mut bypasses: Vec<Option<Bypass<B>>> = (0..early)
             .map(|_| {
@@ -98,6 +113,8 @@ impl DmpoConfig {
         Ok(DmpoModel {
             backbone,
             adapters,
+            dispatchers,
+            dispatch: self.dispatch.clone(),
             bypasses,
             heads,
             exits,
@@ -116,23 +133,71 @@ impl<B: Backend> DmpoModel<B> {
         self.backbone.embed(images)
     }
 
-    /// Block `index` with its adapter: `[B, T, D]` → `[B, T, D]`.
+    /// Whether the blocks dispatch tokens (DyT).
+    pub fn dispatches(&self) -> bool {
+        !self.dispatchers.is_empty()
+    }
+
+    /// Block `index` with its adapter, at inference: `[B, T, D]` → `[B, T, D]`. With
+    /// dispatchers, the MLP runs on the kept tokens alone ([`Dispatch::Hard`]).
     pub fn forward_block(&self, index: usize, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        self.forward_block_with(index, x, Dispatch::Hard).0
+    }
+
+    /// Block `index` with its adapter and, if the model has them, its token dispatcher in mode
+    /// `dispatch`. Returns the tokens `[B, T, D]` and the patch tokens' keep mask
+    /// `[B, T − prefix]` (1 = through the MLP; `None` without a dispatcher or in `Complete`).
+    pub fn forward_block_with(
+        &self,
+        index: usize,
+        x: Tensor<B, 3>,
+        dispatch: Dispatch,
+    ) -> (Tensor<B, 3>, Option<Tensor<B, 2>>) {
         let block = &self.backbone.blocks[index];
         let x = block.forward_attention_residual(x);
         let normed = block.norm2.forward(x.clone());
-        let mlp = block.mlp_branch(normed.clone());
-        match self.adapters.get(index) {
+        let (mlp, keep) = match (self.dispatchers.get(index), dispatch) {
+            (Some(d), Dispatch::Sampled { temperature }) => {
+                let m = straight_through_gate(d.logits(x.clone()), temperature);
+                let mask = d.with_prefix(m.clone()).unsqueeze_dim::<3>(2);
+                (block.mlp_branch(normed.clone()) * mask, Some(m))
+            }
+            (Some(d), Dispatch::Hard) => {
+                let m = hard_gate(d.logits(x.clone())).float();
+                let mlp = mlp_on_kept_tokens(block, normed.clone(), d.with_prefix(m.clone()));
+                (mlp, Some(m))
+            }
+            _ => (block.mlp_branch(normed.clone()), None),
+        };
+        let x = match self.adapters.get(index) {
             Some(adapter) => x + mlp + adapter.forward(normed),
             None => x + mlp,
-        }
+        };
+        (x, keep)
     }
 
     /// The trunk of stage `k`: the blocks from the previous exit up to exit `k`.
     /// Tokens `[B, T, D]` → `[B, T, D]`; any subset of a batch may continue.
     pub fn forward_trunk(&self, k: usize, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        self.forward_trunk_with(k, x, Dispatch::Hard).0
+    }
+
+    /// [`forward_trunk`](Self::forward_trunk) in dispatch mode `dispatch`, with each block's
+    /// keep mask (none without dispatchers or in `Complete`).
+    pub fn forward_trunk_with(
+        &self,
+        k: usize,
+        mut x: Tensor<B, 3>,
+        dispatch: Dispatch,
+    ) -> (Tensor<B, 3>, Vec<Tensor<B, 2>>) {
         let start = if k == 0 { 0 } else { self.exits[k - 1] };
-        (start..self.exits[k]).fold(x, |x, i| self.forward_block(i, x))
+        let mut masks = Vec::new();
+        for i in start..self.exits[k] {
+            let (y, keep) = self.forward_block_with(i, x, dispatch);
+            masks.extend(keep);
+            x = y;
+        }
+        (x, masks)
     }
 
     /// Exit `k`'s logits from the trunk tokens after its block: `[B, T, D]` → `[B, classes]`.
@@ -157,16 +222,38 @@ impl<B: Backend> DmpoModel<B> {
         (h, logits)
     }
 
-    /// Every exit's logits, for training: images `[B, C, H, W]` → one `[B, classes]` per exit.
+    /// Every exit's logits: images `[B, C, H, W]` → one `[B, classes]` per exit (dispatched
+    /// tokens, if any, skip their MLPs as at inference).
     pub fn forward_exits(&self, images: Tensor<B, 4>) -> Vec<Tensor<B, 2>> {
+        self.forward_exits_with(images, Dispatch::Hard).0
+    }
+
+    /// Every exit's logits in dispatch mode `dispatch`, and every block's keep mask, for
+    /// training DyT: `Sampled` for the dispatched model, `Complete` for the complete one.
+    pub fn forward_exits_with(
+        &self,
+        images: Tensor<B, 4>,
+        dispatch: Dispatch,
+    ) -> (Vec<Tensor<B, 2>>, Vec<Tensor<B, 2>>) {
         let mut x = self.embed(images);
         let mut logits = Vec::with_capacity(self.num_exits());
+        let mut masks = Vec::new();
         for k in 0..self.num_exits() {
-            let (h, l) = self.forward_stage(k, x);
-            logits.push(l);
+            let (h, m) = self.forward_trunk_with(k, x, dispatch);
+            logits.push(self.forward_exit(k, h.clone()));
+            masks.extend(m);
             x = h;
         }
-        logits
+        (logits, masks)
+    }
+
+    /// The MACs one patch token saves in a block by skipping the MLP (0 without dispatchers).
+    pub fn skipped_token_macs(&self) -> u64 {
+        if !self.dispatches() {
+            return 0;
+        }
+        let [d, hidden] = self.backbone.blocks[0].mlp.fc1.weight.dims();
+        mlp_macs_per_token(d as u64, hidden as u64)
     }
 
     /// Per-image cost of each stage, in MACs (fvcore convention).
@@ -177,11 +264,17 @@ impl<B: Backend> DmpoModel<B> {
         let hidden = self.backbone.blocks[0].mlp.fc1.weight.dims()[1] as u64;
         let [fan_in, _] = self.backbone.patch_embed.proj.weight.dims();
         let embed = (tokens - prefix) * fan_in as u64 * d;
+        // With every token kept; a sample's skipped tokens save `skipped_token_macs` each.
         let block = vit_block_macs(tokens, d, hidden)
             + self
                 .adapters
                 .first()
-                .map_or(0, |a| 2 * tokens * d * a.down.weight.dims()[1] as u64);
+                .map_or(0, |a| 2 * tokens * d * a.down.weight.dims()[1] as u64)
+            + if self.dispatches() {
+                (tokens - prefix) * d
+            } else {
+                0
+            };
         let mut prev = 0;
         self.exits
             .iter()

@@ -15,6 +15,7 @@ use dmpo_infer::{
     write_summary,
 };
 use dmpo_model::dmpo::{DmpoConfig, DmpoModel};
+use dmpo_model::dyt::DispatchConfig;
 use dmpo_model::vit::preset;
 use dmpo_train::{
     Arm, PixelBaselineConfig, PretrainConfig, SelfDistillation, StepBenchConfig, TrainConfig,
@@ -33,11 +34,17 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Tune with DMPO (or `--baseline`), then calibrate and evaluate early exit.
+    /// Tune with DMPO (or `--method dyt|dmpo+dyt`, `--baseline`), then calibrate and evaluate
+    /// early exit.
     Train {
         #[command(flatten)]
         run: RunArgs,
-        /// The plain multi-exit baseline: no bypass, linear heads, one-phase uniform loss.
+        /// The method: dmpo, dyt (token dispatch, one exit), dmpo+dyt (both), or any `compare`
+        /// arm (baseline, last-exit, linear-probe).
+        #[arg(long, value_enum, default_value = "dmpo")]
+        method: Arm,
+        /// The plain multi-exit baseline (`--method baseline`): no bypass, linear heads,
+        /// one-phase uniform loss.
         #[arg(long)]
         baseline: bool,
         /// Continue an interrupted run in --out from its last checkpoint.
@@ -50,7 +57,8 @@ enum Command {
         #[command(flatten)]
         run: RunArgs,
         /// The methods to train: dmpo, baseline (plain multi-exit), last-exit (adapters, one exit
-        /// after the last block), linear-probe (frozen backbone, linear head).
+        /// after the last block), linear-probe (frozen backbone, linear head), dyt (DyT's token
+        /// dispatch, one exit), dmpo+dyt.
         #[arg(
             long,
             value_enum,
@@ -191,6 +199,10 @@ struct RunArgs {
     /// Temperature T of self-distillation.
     #[arg(long, default_value_t = 2.0)]
     distill_temperature: f64,
+    /// DyT's target activation rate r: the share of patch tokens the MLPs keep (methods dyt,
+    /// dmpo+dyt).
+    #[arg(long, default_value_t = 0.5)]
+    token_rate: f64,
     #[arg(long, default_value_t = 42)]
     seed: u64,
     #[arg(long, default_value_t = 2)]
@@ -216,10 +228,11 @@ fn run(cli: Cli) -> Result<(), Error> {
     match cli.command {
         Command::Train {
             run,
+            method,
             baseline,
             resume,
         } => {
-            let arm = if baseline { Arm::Baseline } else { Arm::Dmpo };
+            let arm = if baseline { Arm::Baseline } else { method };
             let report = tune(&run, arm, resume, &run.out)?;
             println!("\n{report}");
         }
@@ -732,6 +745,12 @@ fn tune(a: &RunArgs, arm: Arm, resume: bool, out: &Path) -> Result<EvalReport, E
     distillation
         .validate()
         .map_err(|e| format!("--distill: {e}"))?;
+    let dispatch = DispatchConfig::new().with_token_rate(a.token_rate);
+    if arm.dispatches() {
+        dispatch
+            .validate()
+            .map_err(|e| format!("--token-rate: {e}"))?;
+    }
     std::fs::create_dir_all(out).map_err(|e| format!("{}: {e}", out.display()))?;
     let (train_set, held_out, test) = datasets(a)?;
     let classes = train_set.classes.clone();
@@ -777,7 +796,7 @@ fn tune(a: &RunArgs, arm: Arm, resume: bool, out: &Path) -> Result<EvalReport, E
     let adapter = dmpo_model::dmpo::AdapterConfig::new()
         .with_dim(a.adapter_dim)
         .with_scale(a.adapter_scale.unwrap_or(defaults.adapter_scale));
-    let mut dmpo = arm.model_config(classes.len(), info.vit.depth, &exits, adapter);
+    let mut dmpo = arm.model_config(classes.len(), info.vit.depth, &exits, adapter, dispatch);
     dmpo.covariance.dim = a.cov_dim.or(defaults.cov_dim);
     // Seeded before the add-ons are initialised: the same seed gives the same run.
     <TrainBackend as burn::prelude::Backend>::seed(&device, a.seed);
