@@ -1,6 +1,6 @@
 //! The wgpu backend run for real against Flex (the CPU reference), on tiny shapes: the ViT,
-//! every exit of a DMPO model, early exit's decisions and one training step (loss and every
-//! gradient). On a machine without a GPU, Mesa's software Vulkan driver (lavapipe, Debian
+//! every exit of a DMPO model, early exit's decisions, DyT's token skipping and one training
+//! step (loss and every gradient). On a machine without a GPU, Mesa's software Vulkan driver (lavapipe, Debian
 //! `mesa-vulkan-drivers`) runs it; `.ci/run` does.
 //!
 //! `cargo test -p dmpo-train --features wgpu --test wgpu_backend`. Without the feature this file
@@ -333,4 +333,70 @@ fn no_vulkan_driver_is_one_clear_line() {
         !dir.path().join("run").exists(),
         "nothing written before the check"
     );
+}
+
+/// DyT's token skipping on the GPU: the same tokens kept (the kept rows gathered, run through
+/// the MLP, scattered back with wgpu's kernels) and the same exits' logits as on Flex.
+#[test]
+fn token_skipping_matches_flex() {
+    use dmpo_model::dyt::{Dispatch, DispatchConfig};
+    let cpu = Default::default();
+    let n = 4;
+    let vit = VitConfig::tiny().with_num_classes(0).init::<Flex>(&cpu);
+    let mut flex = DmpoConfig::new(3)
+        .with_exits(vec![1, 2, 4])
+        .with_dispatch(Some(DispatchConfig::new()))
+        .init(vit, &cpu)
+        .unwrap()
+        .map(&mut Jitter(200));
+    // Each dispatcher's bias in the widest gap between the middle of its logits on Flex, block
+    // by block, so that about half the tokens are skipped and a 1e-4 difference cannot flip one.
+    let mut x = flex.embed(images(n, &cpu));
+    for i in 0..flex.dispatchers.len() {
+        let h = flex.backbone.blocks[i].forward_attention_residual(x.clone());
+        let d = &mut flex.dispatchers[i];
+        let b = d.proj.bias.as_ref().unwrap().val();
+        let mut z: Vec<f32> = host(d.logits(h) - b.unsqueeze::<2>());
+        z.sort_by(f32::total_cmp);
+        let m = z.len();
+        let (gap, at) = (m / 4..3 * m / 4)
+            .map(|j| (z[j + 1] - z[j], j))
+            .fold((0.0, 0), |best, g| if g.0 > best.0 { g } else { best });
+        assert!(gap > 1e-3, "block {i}: the logits are spread out");
+        let bias = -(z[at] + z[at + 1]) / 2.0;
+        d.proj.bias = Some(Param::from_tensor(Tensor::from_floats([bias], &cpu)));
+        x = flex.forward_block_with(i, x, Dispatch::Hard).0;
+    }
+    let wgpu = transfer::<_, _, Flex, Wgpu>(
+        flex.clone(),
+        DmpoConfig::new(3)
+            .with_exits(vec![1, 2, 4])
+            .with_dispatch(Some(DispatchConfig::new()))
+            .init(
+                VitConfig::tiny().with_num_classes(0).init::<Wgpu>(&gpu()),
+                &gpu(),
+            )
+            .unwrap(),
+        &gpu(),
+    );
+    let (on_cpu, cpu_masks) = flex.forward_exits_with(images(n, &cpu), Dispatch::Hard);
+    let (on_gpu, gpu_masks) = wgpu.forward_exits_with(images(n, &gpu()), Dispatch::Hard);
+    let kept: f32 = cpu_masks
+        .iter()
+        .map(|m| host(m.clone()).iter().sum::<f32>())
+        .sum();
+    let total: usize = cpu_masks
+        .iter()
+        .map(|m| m.dims().iter().product::<usize>())
+        .sum();
+    assert!(
+        kept > 0.2 * total as f32 && kept < 0.8 * total as f32,
+        "{kept} of {total}"
+    );
+    for (i, (g, c)) in gpu_masks.into_iter().zip(cpu_masks).enumerate() {
+        assert_eq!(host(g), host(c), "block {i}'s kept tokens");
+    }
+    for (k, (g, c)) in on_gpu.into_iter().zip(on_cpu).enumerate() {
+        assert_close(&format!("exit {} logits", k + 1), &host(g), &host(c));
+    }
 }
