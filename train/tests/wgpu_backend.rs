@@ -1,7 +1,7 @@
 //! The wgpu backend run for real against Flex (the CPU reference), on tiny shapes: the ViT,
 //! every exit of a DMPO model, early exit's decisions, DyT's token skipping and one training
-//! step (loss and every gradient). On a machine without a GPU, Mesa's software Vulkan driver (lavapipe, Debian
-//! `mesa-vulkan-drivers`) runs it; `.ci/run` does.
+//! step (loss and every gradient). On a machine without a GPU, Mesa's software Vulkan driver
+//! (lavapipe, Debian `mesa-vulkan-drivers`) runs it; `.ci/run` does.
 //!
 //! `cargo test -p dmpo-train --features wgpu --test wgpu_backend`. Without the feature this file
 //! is empty, so the plain `cargo test` stays CPU-only and fast.
