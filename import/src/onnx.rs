@@ -67,6 +67,11 @@ pub fn read_onnx(path: &Path) -> Result<OnnxVit> {
         .iter()
         .map(|n| Node {
             name: &n.name,
+            scopes: n
+                .metadata_props
+                .iter()
+                .find(|p| p.key == "pkg.torch.onnx.name_scopes")
+                .map(|p| p.value.as_str()),
             op_type: &n.op_type,
             input: &n.input,
             output: &n.output,
@@ -218,6 +223,9 @@ pub fn read_onnx(path: &Path) -> Result<OnnxVit> {
 /// A graph node as this module reads it (onnx-ir does not export the protobuf's `NodeProto`).
 struct Node<'a> {
     name: &'a str,
+    /// The dynamo exporter's `pkg.torch.onnx.name_scopes`, e.g.
+    /// `['', 'blocks', 'blocks.0', 'blocks.0.attn', 'blocks.0.attn.qkv', 'linear']`.
+    scopes: Option<&'a str>,
     op_type: &'a str,
     input: &'a [String],
     output: &'a [String],
@@ -246,16 +254,33 @@ fn not_a_vit(path: &Path, reason: String) -> ImportError {
 }
 
 /// Named parameters (`backbone.encoder.layer.0.norm1.weight`, `cls_token`) against the names
-/// exporters make up (`onnx::MatMul_1966`, `/blocks.0/attn/Constant_output_0`).
+/// exporters make up (`onnx::MatMul_1966`, `/blocks.0/attn/Constant_output_0`, dynamo's
+/// `val_74`): a parameter's name is a dotted module path, or one of timm's top-level tensors.
 fn is_parameter_name(name: &str) -> bool {
-    !(name.is_empty() || name.starts_with("onnx::") || name.starts_with('/'))
+    const TOP_LEVEL: [&str; 3] = ["cls_token", "pos_embed", "reg_token"];
+    let made_up = name.is_empty() || name.starts_with("onnx::") || name.starts_with('/');
+    !made_up && (name.contains('.') || TOP_LEVEL.contains(&name))
 }
 
-/// The module a node belongs to, from the scopes in its name:
+/// The module a node belongs to. The TorchScript exporter puts the scopes in the node's name:
 /// `/backbone/encoder/layer.0/attention/attention/query/MatMul` →
-/// `backbone.encoder.layer.0.attention.attention.query`. A scope may repeat its parent's
-/// (timm's `nn.Sequential`: `/blocks/blocks.0/attn/qkv/MatMul` → `blocks.0.attn.qkv`).
+/// `backbone.encoder.layer.0.attention.attention.query`, and a scope may repeat its parent's
+/// (timm's `nn.Sequential`: `/blocks/blocks.0/attn/qkv/MatMul` → `blocks.0.attn.qkv`). The dynamo
+/// exporter (`torch.onnx.export(dynamo=True)`) names nodes `node_MatMul_11` and lists the
+/// qualified scopes in metadata instead, the operation last.
 fn module_of(node: &Node<'_>) -> Option<String> {
+    if let Some(list) = node.scopes {
+        let scopes: Vec<&str> = list
+            .trim_matches(|c| c == '[' || c == ']')
+            .split(',')
+            .map(|s| s.trim().trim_matches(|c| c == '\'' || c == '"'))
+            .collect();
+        return scopes
+            .len()
+            .checked_sub(2)
+            .map(|i| scopes[i].to_string())
+            .filter(|m| !m.is_empty());
+    }
     let (scopes, _op) = node.name.strip_prefix('/')?.rsplit_once('/')?;
     let mut parts: Vec<&str> = Vec::new();
     for scope in scopes.split('/') {
