@@ -110,10 +110,17 @@ pub fn read_binding(path: &Path) -> Result<TrainedBinding> {
             path: path.to_path_buf(),
             reason: "not a dmpo-burn trained-parts file (no `dmpo` metadata)".into(),
         })?;
-    let binding: TrainedBinding = serde_json::from_str(json).map_err(|e| ImportError::Config {
+    let invalid = |e: serde_json::Error| ImportError::Config {
         path: path.to_path_buf(),
         reason: format!("invalid `dmpo` metadata: {e}"),
-    })?;
+    };
+    // Files written before a setting existed (the backbone's `reg_tokens`, say) take its default.
+    let mut value = serde_json::json!({
+        "dmpo": DmpoConfig::new(0),
+        "backbone": VitConfig::new(),
+    });
+    crate::overlay(&mut value, serde_json::from_str(json).map_err(invalid)?);
+    let binding: TrainedBinding = serde_json::from_value(value).map_err(invalid)?;
     if binding.format != FORMAT {
         return Err(ImportError::Config {
             path: path.to_path_buf(),

@@ -131,3 +131,40 @@ fn trained_parts_refuse_another_backbone() {
     let msg = read_binding(&plain).unwrap_err().to_string();
     assert!(msg.contains("not a dmpo-burn trained-parts file"), "{msg}");
 }
+
+/// A trained-parts file written before the backbone config gained `reg_tokens` and
+/// `no_embed_class` (DINOv2) still loads: the missing settings take their defaults.
+#[test]
+fn a_binding_written_by_an_older_version_still_reads() {
+    let device = Default::default();
+    let cfg = DmpoConfig::new(5);
+    let trunk = backbone(&device);
+    let model = cfg.init(trunk.clone(), &device).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("trained.safetensors");
+    let binding = TrainedBinding::new(&cfg, &VitConfig::tiny(), &model);
+    save_trained(&path, &model, &binding).unwrap();
+
+    let bytes = std::fs::read(&path).unwrap();
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    let mut old: serde_json::Value =
+        serde_json::from_str(&meta.metadata().as_ref().unwrap()["dmpo"]).unwrap();
+    for key in ["reg_tokens", "no_embed_class"] {
+        old["backbone"]
+            .as_object_mut()
+            .unwrap()
+            .remove(key)
+            .unwrap();
+    }
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let tensors: Vec<(String, safetensors::tensor::TensorView<'_>)> = st.tensors();
+    let metadata = std::collections::HashMap::from([("dmpo".to_string(), old.to_string())]);
+    std::fs::write(
+        &path,
+        safetensors::serialize(tensors, Some(metadata)).unwrap(),
+    )
+    .unwrap();
+
+    assert_eq!(read_binding(&path).unwrap(), binding);
+    load_trained(&path, cfg.init(trunk, &device).unwrap()).unwrap();
+}
