@@ -66,7 +66,8 @@ enum Command {
             default_value = "dmpo,baseline"
         )]
         arms: Vec<Arm>,
-        /// Seeds, each a full run of every arm [default: --seed].
+        /// Seeds, each a full run of every arm, in `<arm>/seed-<s>` [default: --seed, in
+        /// `<arm>`].
         #[arg(long, value_delimiter = ',')]
         seeds: Vec<u64>,
         /// Keep the runs already finished in --out and continue an interrupted one from its last
@@ -651,6 +652,9 @@ fn datasets(a: &RunArgs) -> Result<(ImageDataset, ImageDataset, ImageDataset), E
 /// Every arm for every seed into `a.out/<arm>[/seed-<s>]`, then the summary: mean ± std per
 /// budget over the seeds, and the time each arm took.
 fn compare(a: &RunArgs, arms: &[Arm], seeds: &[u64], resume: bool) -> Result<(), Error> {
+    // With `--seeds`, each run in `<arm>/seed-<s>`, so any subset of the seeds can be summarised
+    // later (`--resume` keeps the finished ones); without, in `<arm>` as `train` writes.
+    let per_seed_dirs = !seeds.is_empty();
     let seeds = if seeds.is_empty() {
         vec![a.seed]
     } else {
@@ -661,7 +665,7 @@ fn compare(a: &RunArgs, arms: &[Arm], seeds: &[u64], resume: bool) -> Result<(),
     for &seed in &seeds {
         for (i, &arm) in arms.iter().enumerate() {
             let mut dir = a.out.join(arm.dir());
-            if seeds.len() > 1 {
+            if per_seed_dirs {
                 dir = dir.join(format!("seed-{seed}"));
             }
             let run = RunArgs { seed, ..a.clone() };
