@@ -394,6 +394,18 @@ fn read_external(t: &TensorProto, path: &Path, dir: &Path) -> Result<Vec<u8>> {
     };
     let location =
         entry("location").ok_or_else(|| corrupt("external data without a `location`".into()))?;
+    // ONNX locations are relative to the model's directory; a file must not reach outside it.
+    let inside = Path::new(location).components().all(|c| {
+        matches!(
+            c,
+            std::path::Component::Normal(_) | std::path::Component::CurDir
+        )
+    });
+    if !inside {
+        return Err(corrupt(format!(
+            "external data location `{location}` is not a path inside the model's directory"
+        )));
+    }
     let file: PathBuf = dir.join(location);
     let bytes = std::fs::read(&file).map_err(|e| ImportError::Config {
         path: path.to_path_buf(),

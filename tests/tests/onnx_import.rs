@@ -139,3 +139,12 @@ fn missing_external_data_is_named() {
     let msg = error(&fixture("onnx/external_data_vit.onnx"));
     assert!(msg.contains("external_data_vit.onnx.data"), "{msg}");
 }
+
+#[test]
+fn external_data_outside_the_model_directory_is_refused() {
+    let msg = error(&fixture("onnx/external_data_outside.onnx"));
+    assert!(
+        msg.contains("not a path inside the model's directory"),
+        "{msg}"
+    );
+}
