@@ -13,7 +13,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
-use onnx_ir::{ModelProto, TensorProto};
+use onnx_ir::{GraphProto, ModelProto, TensorProto};
 use protobuf::Message;
 
 use crate::error::{ImportError, Result};
@@ -62,7 +62,40 @@ pub fn read_onnx(path: &Path) -> Result<OnnxVit> {
         .as_ref()
         .ok_or_else(|| not_a_vit(path, "the file holds no graph".into()))?;
     let dir = path.parent().unwrap_or(Path::new("."));
-    let nodes: Vec<Node<'_>> = graph
+    let nodes = nodes_of(graph);
+    let values = graph_values(graph, &nodes, path, dir)?;
+    let tensors = state_dict(values.floats, &nodes);
+
+    let found = tensors.len();
+    let tensors = select_model_tensors(tensors);
+    let pos_embed = ["pos_embed", "embeddings.position_embeddings"]
+        .iter()
+        .find_map(|k| tensors.get(*k));
+    let Some(width) = pos_embed.and_then(|p| p.shape.last().copied()) else {
+        return Err(not_a_vit(
+            path,
+            format!(
+                "none of its {found} weight tensors is a ViT position embedding (`pos_embed` or \
+                 `embeddings.position_embeddings`, named or read by a node of an `embeddings` \
+                 module)"
+            ),
+        ));
+    };
+    let num_heads = head_width(&nodes, &values.ints)
+        .filter(|&w| w > 0 && width % w == 0)
+        .map(|w| width / w);
+    Ok(OnnxVit {
+        map: TensorMap::new(path, tensors),
+        num_heads,
+        input_size: input_size(&model),
+        resampling: resampling(&nodes),
+        norm_eps: norm_eps(&nodes, &values.scalars),
+    })
+}
+
+/// The graph's nodes as this module reads them.
+fn nodes_of(graph: &GraphProto) -> Vec<Node<'_>> {
+    graph
         .node
         .iter()
         .map(|n| Node {
@@ -87,12 +120,27 @@ pub fn read_onnx(path: &Path) -> Result<OnnxVit> {
                 })
                 .collect(),
         })
-        .collect();
+        .collect()
+}
 
-    // Every float tensor the graph holds: initializers, and the values of Constant nodes.
+/// What the graph holds besides its nodes.
+struct GraphValues<'a> {
+    /// Every float tensor: initializers, and the values of Constant nodes.
+    floats: Vec<(String, HostTensor)>,
+    /// One-element floats by name (epsilons, scales).
+    scalars: HashMap<&'a str, f64>,
+    /// Small integer tensors: the shapes the graph reshapes to.
+    ints: HashMap<&'a str, Vec<i64>>,
+}
+
+fn graph_values<'a>(
+    graph: &'a GraphProto,
+    nodes: &[Node<'a>],
+    path: &Path,
+    dir: &Path,
+) -> Result<GraphValues<'a>> {
     let mut values: Vec<(String, HostTensor)> = Vec::new();
     let mut scalars: HashMap<&str, f64> = HashMap::new();
-    // Small integer tensors: the shapes the graph reshapes to.
     let mut ints: HashMap<&str, Vec<i64>> = HashMap::new();
     for t in &graph.initializer {
         if let Some(v) = decode_ints(t) {
@@ -132,9 +180,21 @@ pub fn read_onnx(path: &Path) -> Result<OnnxVit> {
             }
         }
     }
+    Ok(GraphValues {
+        floats: values,
+        scalars,
+        ints,
+    })
+}
 
+/// The float tensors under their state-dict names: named parameters as they are, anonymous
+/// ones named after the module of the node that reads them, a split position embedding rejoined.
+fn state_dict(
+    values: Vec<(String, HostTensor)>,
+    nodes: &[Node<'_>],
+) -> BTreeMap<String, HostTensor> {
     let mut consumers: HashMap<&str, Vec<(&Node<'_>, usize)>> = HashMap::new();
-    for node in &nodes {
+    for node in nodes {
         for (i, input) in node.input.iter().enumerate() {
             consumers.entry(input.as_str()).or_default().push((node, i));
         }
@@ -192,32 +252,7 @@ pub fn read_onnx(path: &Path) -> Result<OnnxVit> {
         let data = pieces.into_iter().flat_map(|p| p.data).collect();
         tensors.insert(key, HostTensor::new(vec![1, rows, dim], data));
     }
-
-    let found = tensors.len();
-    let tensors = select_model_tensors(tensors);
-    let pos_embed = ["pos_embed", "embeddings.position_embeddings"]
-        .iter()
-        .find_map(|k| tensors.get(*k));
-    let Some(width) = pos_embed.and_then(|p| p.shape.last().copied()) else {
-        return Err(not_a_vit(
-            path,
-            format!(
-                "none of its {found} weight tensors is a ViT position embedding (`pos_embed` or \
-                 `embeddings.position_embeddings`, named or read by a node of an `embeddings` \
-                 module)"
-            ),
-        ));
-    };
-    let num_heads = head_width(&nodes, &ints)
-        .filter(|&w| w > 0 && width % w == 0)
-        .map(|w| width / w);
-    Ok(OnnxVit {
-        map: TensorMap::new(path, tensors),
-        num_heads,
-        input_size: input_size(&model),
-        resampling: resampling(&nodes),
-        norm_eps: norm_eps(&nodes, &scalars),
-    })
+    tensors
 }
 
 /// A graph node as this module reads it (onnx-ir does not export the protobuf's `NodeProto`).
