@@ -390,4 +390,18 @@ fn dyt_methods_train_into_model_folders_that_infer() {
         "{stderr}"
     );
     assert!(!out.exists());
+    // In `compare`, before the first arm trains, even when DyT comes last.
+    let out = dir.path().join("refused-compare");
+    let output = Command::new(env!("CARGO_BIN_EXE_dmpo-train"))
+        .args(["compare", "--arms", "dmpo,dyt", "--token-rate", "0"])
+        .arg("--data")
+        .arg(&data)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("--token-rate"), "{stderr}");
+    assert!(!out.exists());
 }

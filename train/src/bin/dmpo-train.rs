@@ -652,6 +652,18 @@ fn datasets(a: &RunArgs) -> Result<(ImageDataset, ImageDataset, ImageDataset), E
 /// Every arm for every seed into `a.out/<arm>[/seed-<s>]`, then the summary: mean ± std per
 /// budget over the seeds, and the time each arm took.
 fn compare(a: &RunArgs, arms: &[Arm], seeds: &[u64], resume: bool) -> Result<(), Error> {
+    // Settings a later arm would refuse are refused before the first arm trains.
+    if arms.iter().any(|a| a.dispatches()) {
+        DispatchConfig::new()
+            .with_token_rate(a.token_rate)
+            .validate()
+            .map_err(|e| format!("--token-rate: {e}"))?;
+    }
+    SelfDistillation::new()
+        .with_weight(a.distill)
+        .with_temperature(a.distill_temperature)
+        .validate()
+        .map_err(|e| format!("--distill: {e}"))?;
     // With `--seeds`, each run in `<arm>/seed-<s>`, so any subset of the seeds can be summarised
     // later (`--resume` keeps the finished ones); without, in `<arm>` as `train` writes.
     let per_seed_dirs = !seeds.is_empty();
