@@ -64,14 +64,8 @@ impl<B: Backend> MultiExit<B> for DmpoModel<B> {
         (h, Some(saved))
     }
     fn skippable_macs(&self) -> u64 {
-        let patches = self.backbone.pos_embed.dims()[1] - self.backbone.num_prefix_tokens;
-        // With `no_embed_class` the position embedding holds the patches alone.
-        let patches = if self.backbone.no_embed_class {
-            self.backbone.pos_embed.dims()[1]
-        } else {
-            patches
-        };
-        self.backbone.depth() as u64 * patches as u64 * self.skipped_token_macs()
+        let patches = self.backbone.num_patches() as u64;
+        self.backbone.depth() as u64 * patches * self.skipped_token_macs()
     }
 }
 

@@ -256,25 +256,26 @@ impl<B: Backend> DmpoModel<B> {
         mlp_macs_per_token(d as u64, hidden as u64)
     }
 
+    /// Patch tokens, all tokens (patches and prefix) and width, for the cost formulas.
+    fn token_counts(&self) -> (u64, u64, u64) {
+        let patches = self.backbone.num_patches() as u64;
+        let prefix = self.backbone.num_prefix_tokens as u64;
+        (patches, patches + prefix, self.backbone.embed_dim() as u64)
+    }
+
     /// Per-image cost of each stage, in MACs (fvcore convention).
     pub fn stage_costs(&self) -> Vec<StageCost> {
-        let pos = self.backbone.pos_embed.dims();
-        let (tokens, d) = (pos[1] as u64, pos[2] as u64);
-        let prefix = self.backbone.num_prefix_tokens as u64;
+        let (patches, tokens, d) = self.token_counts();
         let hidden = self.backbone.blocks[0].mlp.fc1.weight.dims()[1] as u64;
         let [fan_in, _] = self.backbone.patch_embed.proj.weight.dims();
-        let embed = (tokens - prefix) * fan_in as u64 * d;
+        let embed = patches * fan_in as u64 * d;
         // With every token kept; a sample's skipped tokens save `skipped_token_macs` each.
         let block = vit_block_macs(tokens, d, hidden)
             + self
                 .adapters
                 .first()
                 .map_or(0, |a| 2 * tokens * d * a.down.weight.dims()[1] as u64)
-            + if self.dispatches() {
-                (tokens - prefix) * d
-            } else {
-                0
-            };
+            + if self.dispatches() { patches * d } else { 0 };
         let mut prev = 0;
         self.exits
             .iter()
@@ -316,9 +317,7 @@ impl<B: Backend> DmpoModel<B> {
     /// The full-depth backbone's cost alone (patch embedding, blocks, head), in MACs: the
     /// reference a compute budget is a fraction of.
     pub fn backbone_macs(&self) -> u64 {
-        let pos = self.backbone.pos_embed.dims();
-        let (tokens, d) = (pos[1] as u64, pos[2] as u64);
-        let prefix = self.backbone.num_prefix_tokens as u64;
+        let (patches, tokens, d) = self.token_counts();
         let hidden = self.backbone.blocks[0].mlp.fc1.weight.dims()[1] as u64;
         let p = self.backbone.patch_embed.patch_size as u64;
         let in_chans = self.backbone.patch_embed.proj.weight.dims()[0] as u64 / (p * p);
@@ -329,7 +328,7 @@ impl<B: Backend> DmpoModel<B> {
             }
             _ => 0,
         };
-        vit_embed_macs(tokens - prefix, in_chans, p, d)
+        vit_embed_macs(patches, in_chans, p, d)
             + self.backbone.depth() as u64 * vit_block_macs(tokens, d, hidden)
             + head
     }

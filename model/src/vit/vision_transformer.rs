@@ -46,6 +46,17 @@ impl<B: Backend> VisionTransformer<B> {
         self.pos_embed.dims()[2]
     }
 
+    /// Patch tokens per image: the position embedding's rows, less the prefix tokens' unless
+    /// `no_embed_class` (whose position embedding holds the patches alone).
+    pub fn num_patches(&self) -> usize {
+        let rows = self.pos_embed.dims()[1];
+        if self.no_embed_class {
+            rows
+        } else {
+            rows - self.num_prefix_tokens
+        }
+    }
+
     pub fn depth(&self) -> usize {
         self.blocks.len()
     }
