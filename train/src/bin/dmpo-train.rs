@@ -653,17 +653,9 @@ fn datasets(a: &RunArgs) -> Result<(ImageDataset, ImageDataset, ImageDataset), E
 /// budget over the seeds, and the time each arm took.
 fn compare(a: &RunArgs, arms: &[Arm], seeds: &[u64], resume: bool) -> Result<(), Error> {
     // Settings a later arm would refuse are refused before the first arm trains.
-    if arms.iter().any(|a| a.dispatches()) {
-        DispatchConfig::new()
-            .with_token_rate(a.token_rate)
-            .validate()
-            .map_err(|e| format!("--token-rate: {e}"))?;
+    for &arm in arms {
+        arm_settings(a, arm)?;
     }
-    SelfDistillation::new()
-        .with_weight(a.distill)
-        .with_temperature(a.distill_temperature)
-        .validate()
-        .map_err(|e| format!("--distill: {e}"))?;
     // With `--seeds`, each run in `<arm>/seed-<s>`, so any subset of the seeds can be summarised
     // later (`--resume` keeps the finished ones); without, in `<arm>` as `train` writes.
     let per_seed_dirs = !seeds.is_empty();
@@ -741,23 +733,12 @@ fn finished_run(dir: &Path) -> Option<(EvalReport, f64)> {
     Some((report.into_iter().next()?, time["seconds"].as_f64()?))
 }
 
-/// Trains one model of method `arm` into `out` and evaluates it.
-fn tune(a: &RunArgs, arm: Arm, resume: bool, out: &Path) -> Result<EvalReport, Error> {
-    let device = backend::device();
-    // The embedded demo data is small: it gets the small-data recipe unless told otherwise.
-    let defaults = if a.data == Path::new(DEFAULT_DATA) {
-        &DEMO
-    } else {
-        &GENERAL
-    };
-    // The plain multi-exit baseline trains every exit on the labels alone.
-    let distillation = if !arm.distills() {
-        SelfDistillation::off()
-    } else {
-        SelfDistillation::new()
-            .with_weight(a.distill)
-            .with_temperature(a.distill_temperature)
-    };
+/// Arm `arm`'s self-distillation and token dispatch from the command line, each refused with
+/// its flag's name when out of range (before any work).
+fn arm_settings(a: &RunArgs, arm: Arm) -> Result<(SelfDistillation, DispatchConfig), Error> {
+    let distillation = SelfDistillation::new()
+        .with_weight(a.distill)
+        .with_temperature(a.distill_temperature);
     distillation
         .validate()
         .map_err(|e| format!("--distill: {e}"))?;
@@ -767,6 +748,25 @@ fn tune(a: &RunArgs, arm: Arm, resume: bool, out: &Path) -> Result<EvalReport, E
             .validate()
             .map_err(|e| format!("--token-rate: {e}"))?;
     }
+    // The plain multi-exit baseline trains every exit on the labels alone.
+    let distillation = if arm.distills() {
+        distillation
+    } else {
+        SelfDistillation::off()
+    };
+    Ok((distillation, dispatch))
+}
+
+/// Trains one model of method `arm` into `out` and evaluates it.
+fn tune(a: &RunArgs, arm: Arm, resume: bool, out: &Path) -> Result<EvalReport, Error> {
+    let device = backend::device();
+    // The embedded demo data is small: it gets the small-data recipe unless told otherwise.
+    let defaults = if a.data == Path::new(DEFAULT_DATA) {
+        &DEMO
+    } else {
+        &GENERAL
+    };
+    let (distillation, dispatch) = arm_settings(a, arm)?;
     std::fs::create_dir_all(out).map_err(|e| format!("{}: {e}", out.display()))?;
     let (train_set, held_out, test) = datasets(a)?;
     let classes = train_set.classes.clone();
