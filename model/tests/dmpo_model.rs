@@ -7,25 +7,13 @@ use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
 use burn::prelude::*;
 use burn::tensor::Distribution;
 use dmpo_model::dmpo::{DmpoConfig, EarlyHead, ExitHead, vit_block_macs};
-use dmpo_model::vit::{GlobalPool, VitConfig, preset};
+use dmpo_model::vit::preset;
 
 type B = NdArray;
 type AB = Autodiff<NdArray>;
 
-fn tiny_vit(class_token: bool) -> VitConfig {
-    VitConfig::tiny()
-        .with_class_token(class_token)
-        .with_global_pool(if class_token {
-            GlobalPool::Token
-        } else {
-            GlobalPool::Avg
-        })
-        .with_fc_norm(!class_token)
-}
-
-fn flat<const D: usize, BB: Backend>(t: Tensor<BB, D>) -> Vec<f32> {
-    t.into_data().convert::<f32>().to_vec().unwrap()
-}
+mod common;
+use common::{flat, tiny_vit};
 
 #[test]
 fn fresh_model_last_exit_reproduces_the_backbone_exactly() {

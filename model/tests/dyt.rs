@@ -8,25 +8,12 @@ use burn::prelude::*;
 use burn::tensor::Distribution;
 use dmpo_model::dmpo::DmpoConfig;
 use dmpo_model::dyt::{Dispatch, DispatchConfig, TokenDispatcher};
-use dmpo_model::vit::{GlobalPool, VitConfig};
 
 type B = NdArray;
 type AB = Autodiff<NdArray>;
 
-fn flat<const D: usize, BB: Backend>(t: Tensor<BB, D>) -> Vec<f32> {
-    t.into_data().convert::<f32>().to_vec().unwrap()
-}
-
-fn vit(class_token: bool) -> VitConfig {
-    VitConfig::tiny()
-        .with_class_token(class_token)
-        .with_global_pool(if class_token {
-            GlobalPool::Token
-        } else {
-            GlobalPool::Avg
-        })
-        .with_fc_norm(!class_token)
-}
+mod common;
+use common::{flat, tiny_vit};
 
 fn dyt(classes: usize) -> DmpoConfig {
     DmpoConfig::new(classes).with_dispatch(Some(DispatchConfig::new()))
@@ -44,7 +31,7 @@ fn set_bias<BB: Backend>(dispatchers: &mut [TokenDispatcher<BB>], value: f32) {
 fn dispatchers_forced_open_equal_the_backbone_bit_for_bit() {
     let device = Default::default();
     for class_token in [true, false] {
-        let backbone = vit(class_token).init::<B>(&device);
+        let backbone = tiny_vit(class_token).init::<B>(&device);
         let x = Tensor::<B, 4>::random([3, 3, 16, 16], Distribution::Default, &device);
         let expected = flat(backbone.forward(x.clone()));
         let mut model = dyt(5).init(backbone, &device).unwrap();
@@ -71,7 +58,7 @@ fn dispatchers_forced_open_equal_the_backbone_bit_for_bit() {
 fn real_skipping_equals_masking_the_mlp() {
     let device = Default::default();
     B::seed(&device, 11);
-    let backbone = vit(true).init::<B>(&device);
+    let backbone = tiny_vit(true).init::<B>(&device);
     let mut model = dyt(5).init(backbone, &device).unwrap();
     // Larger dispatcher weights than the init's, so about half the tokens are skipped.
     for d in &mut model.dispatchers {
@@ -122,7 +109,7 @@ fn real_skipping_equals_masking_the_mlp() {
 #[test]
 fn shut_dispatchers_still_run_the_class_token_through_the_mlp() {
     let device = Default::default();
-    let backbone = vit(true).init::<B>(&device);
+    let backbone = tiny_vit(true).init::<B>(&device);
     let mut model = dyt(5).init(backbone, &device).unwrap();
     set_bias(&mut model.dispatchers, -1e4);
     let x = model.embed(Tensor::random(
@@ -152,7 +139,7 @@ fn shut_dispatchers_still_run_the_class_token_through_the_mlp() {
 fn the_dispatchers_learn_through_the_straight_through_gate() {
     let device = Default::default();
     AB::seed(&device, 5);
-    let backbone = vit(true).init::<AB>(&device);
+    let backbone = tiny_vit(true).init::<AB>(&device);
     let model = dyt(5).init(backbone, &device).unwrap();
     let x = Tensor::<AB, 4>::random([2, 3, 16, 16], Distribution::Default, &device);
     // The activation-rate loss alone, and the task loss alone: both reach every dispatcher.
@@ -190,7 +177,7 @@ fn the_dispatchers_learn_through_the_straight_through_gate() {
 #[test]
 fn an_out_of_range_token_rate_is_refused_at_init() {
     let device = Default::default();
-    let backbone = vit(true).init::<B>(&device);
+    let backbone = tiny_vit(true).init::<B>(&device);
     let config = DmpoConfig::new(5).with_dispatch(Some(DispatchConfig::new().with_token_rate(1.5)));
     let err = config.init(backbone, &device).unwrap_err();
     assert!(err.contains("token rate 1.5"), "{err}");
@@ -199,7 +186,7 @@ fn an_out_of_range_token_rate_is_refused_at_init() {
 #[test]
 fn a_skipped_token_saves_its_mlp_macs() {
     let device = Default::default();
-    let backbone = vit(true).init::<B>(&device);
+    let backbone = tiny_vit(true).init::<B>(&device);
     let plain = DmpoConfig::new(5).init(backbone.clone(), &device).unwrap();
     let model = dyt(5).init(backbone, &device).unwrap();
     assert_eq!(plain.skipped_token_macs(), 0);
@@ -208,6 +195,6 @@ fn a_skipped_token_saves_its_mlp_macs() {
     // The dispatchers' own cost (one dot product per patch token and block) is counted.
     let extra: u64 = model.stage_costs().iter().map(|c| c.trunk).sum::<u64>()
         - plain.stage_costs().iter().map(|c| c.trunk).sum::<u64>();
-    let patches = (model.backbone.pos_embed.dims()[1] - model.backbone.num_prefix_tokens) as u64;
+    let patches = model.backbone.num_patches() as u64;
     assert_eq!(extra, model.backbone.depth() as u64 * patches * d as u64);
 }

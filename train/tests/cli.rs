@@ -21,10 +21,7 @@ fn fixture(name: &str) -> PathBuf {
 #[test]
 fn train_writes_a_model_folder_that_infers_with_early_exit() {
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    std::fs::create_dir(&data).unwrap();
-    write_idx(&data, "train", 200, None);
-    write_idx(&data, "t10k", 60, None);
+    bar_data(dir.path(), 200, 60);
     let out = dir.path().join("model");
     let status = train_command(dir.path(), &out)
         .args([
@@ -89,18 +86,34 @@ fn train_writes_a_model_folder_that_infers_with_early_exit() {
     assert!(msg.contains("cargo xtask calibrate"), "{msg}");
 }
 
-/// `dmpo-train train` of the pico backbone on the bar dataset in `dir/data` into `out`, with
-/// two exits and a 100 % budget; callers add the training length and anything else.
-fn train_command(dir: &Path, out: &Path) -> Command {
+/// `dir/data`: an IDX dataset of `train` training and `test` test images of bars.
+fn bar_data(dir: &Path, train: usize, test: usize) -> PathBuf {
+    let data = dir.join("data");
+    std::fs::create_dir(&data).unwrap();
+    write_idx(&data, "train", train, None);
+    write_idx(&data, "t10k", test, None);
+    data
+}
+
+/// `dmpo-train <task>` of the pico backbone with two exits, on `data` into `out`; callers add
+/// the budgets, the training length and anything else.
+fn pico_command(task: &str, data: &Path, out: &Path) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_dmpo-train"));
-    cmd.args(["train", "--heads", "3", "--exits", "2,4"])
-        .args(["--budgets", "0.9,1.0", "--budget", "1.0"])
+    cmd.args([task, "--heads", "3", "--exits", "2,4"])
         .arg("--backbone")
         .arg(fixture("vit_pico_cls.pth"))
         .arg("--data")
-        .arg(dir.join("data"))
+        .arg(data)
         .arg("--out")
         .arg(out);
+    cmd
+}
+
+/// `dmpo-train train` of the pico backbone on the bar dataset in `dir/data` into `out`, with
+/// two exits and a 100 % budget; callers add the training length and anything else.
+fn train_command(dir: &Path, out: &Path) -> Command {
+    let mut cmd = pico_command("train", &dir.join("data"), out);
+    cmd.args(["--budgets", "0.9,1.0", "--budget", "1.0"]);
     cmd
 }
 
@@ -132,10 +145,7 @@ fn safetensors_content(path: &Path) -> (serde_json::Value, Vec<u8>) {
 #[test]
 fn a_run_killed_mid_epoch_resumes_to_the_same_model_as_an_uninterrupted_one() {
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    std::fs::create_dir(&data).unwrap();
-    write_idx(&data, "train", 160, None);
-    write_idx(&data, "t10k", 40, None);
+    bar_data(dir.path(), 160, 40);
 
     let whole = dir.path().join("whole");
     let done = resumable_run(dir.path(), &whole).output().unwrap();
@@ -218,25 +228,16 @@ fn a_bad_self_distillation_weight_is_refused_before_any_work() {
 #[test]
 fn compare_runs_every_arm_for_every_seed_and_resumes_finished_runs() {
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    std::fs::create_dir(&data).unwrap();
-    write_idx(&data, "train", 120, None);
-    write_idx(&data, "t10k", 40, None);
+    let data = bar_data(dir.path(), 120, 40);
     let out = dir.path().join("compare");
     let compare = || {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_dmpo-train"));
-        cmd.args(["compare", "--heads", "3", "--exits", "2,4"])
+        pico_command("compare", &data, &out)
             .args(["--arms", "dmpo,baseline,last-exit,linear-probe"])
             .args(["--seeds", "1,2", "--budgets", "0.7", "--budget", "1.0"])
             .args(["--epochs", "1", "--batch", "32", "--workers", "1"])
             .args(["--no-augment", "--resume"])
-            .arg("--backbone")
-            .arg(fixture("vit_pico_cls.pth"))
-            .arg("--data")
-            .arg(&data)
-            .arg("--out")
-            .arg(&out);
-        cmd.output().unwrap()
+            .output()
+            .unwrap()
     };
     let first = compare();
     assert!(
@@ -282,10 +283,7 @@ fn compare_runs_every_arm_for_every_seed_and_resumes_finished_runs() {
 #[test]
 fn img_size_resamples_a_checkpoint_and_refuses_a_converted_directory() {
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    std::fs::create_dir(&data).unwrap();
-    write_idx(&data, "train", 60, None);
-    write_idx(&data, "t10k", 20, None);
+    let data = bar_data(dir.path(), 60, 20);
     let out = dir.path().join("model");
     let output = train_command(dir.path(), &out)
         .args(["--img-size", "48", "--epochs", "1", "--workers", "1"])
@@ -323,25 +321,15 @@ fn img_size_resamples_a_checkpoint_and_refuses_a_converted_directory() {
 #[test]
 fn dyt_methods_train_into_model_folders_that_infer() {
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    std::fs::create_dir(&data).unwrap();
-    write_idx(&data, "train", 120, None);
-    write_idx(&data, "t10k", 40, None);
+    let data = bar_data(dir.path(), 120, 40);
     for method in ["dyt", "dmpo+dyt"] {
         let out = dir.path().join(method);
         // A budget above 1: the adapters and dispatchers cost something, and on these tiny
         // images the gates may keep most tokens after two epochs.
-        let output = Command::new(env!("CARGO_BIN_EXE_dmpo-train"))
-            .args(["train", "--heads", "3", "--exits", "2,4"])
+        let output = pico_command("train", &data, &out)
             .args(["--budgets", "1.5", "--budget", "1.5"])
             .args(["--method", method, "--token-rate", "0.6"])
             .args(["--epochs", "2", "--batch", "32", "--workers", "1"])
-            .arg("--backbone")
-            .arg(fixture("vit_pico_cls.pth"))
-            .arg("--data")
-            .arg(&data)
-            .arg("--out")
-            .arg(&out)
             .output()
             .unwrap();
         assert!(
