@@ -8,6 +8,7 @@ use burn::data::dataloader::DataLoader;
 use dmpo_infer::data::{ImageDataset, ImageRef, Sample};
 use dmpo_model::Preprocess;
 use dmpo_model::dmpo::DmpoConfig;
+use dmpo_model::dyt::DispatchConfig;
 use dmpo_model::vit::VitConfig;
 use dmpo_train::{
     EpochCounter, EpochLoader, EpochWeights, ExitBatch, ExitBatcher, LossGuard, LossSchedule,
@@ -272,6 +273,52 @@ fn resuming_gives_the_same_model_as_an_uninterrupted_run() {
         a,
         parameters(&burn::module::AutodiffModule::valid(&tiny_model(0)))
     );
+}
+
+#[test]
+fn resuming_from_a_checkpoint_of_another_model_is_one_clear_error() {
+    let device = Default::default();
+    let dir = tempfile::tempdir().unwrap();
+    let run = |model, resume| {
+        dmpo_train::train(
+            model,
+            stripes(32),
+            stripes(16),
+            &preprocess(),
+            &train_config(1),
+            dir.path(),
+            resume,
+            &device,
+        )
+    };
+    run(tiny_model(0), None).unwrap();
+    let other = |config: DmpoConfig| {
+        let vit = VitConfig::tiny().with_num_classes(0).init::<B>(&device);
+        config.init(vit, &device).unwrap()
+    };
+    // Another exit set (a list of another length: Burn's loader would assert), another method
+    // (DyT adds dispatchers), another head width (same lists, other shapes: Burn would load it).
+    let cases = [
+        (DmpoConfig::new(2).with_exits(vec![1, 2, 4]), "lengths"),
+        (
+            DmpoConfig::new(2)
+                .with_exits(vec![2, 4])
+                .with_dispatch(Some(DispatchConfig::new())),
+            "lengths",
+        ),
+        (DmpoConfig::new(3).with_exits(vec![2, 4]), "shape"),
+    ];
+    for (config, why) in cases {
+        let message = match run(other(config), Some(1)) {
+            Err(e) => e.to_string(),
+            Ok(_) => panic!("resumed a checkpoint of another model"),
+        };
+        assert!(message.contains("model-1.mpk"), "{message}");
+        assert!(message.contains(why), "{message}");
+        assert!(message.contains("without --resume"), "{message}");
+    }
+    // The checkpoint of the same model still resumes.
+    run(tiny_model(0), Some(1)).unwrap();
 }
 
 #[test]
