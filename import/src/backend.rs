@@ -35,6 +35,87 @@ pub fn device() -> burn::tensor::Device<Backend> {
     Default::default()
 }
 
+/// The devices of `--devices`: CUDA's GPUs by index, or one of wgpu's discrete GPUs by index
+/// (each started and checked like [`check_device`]). The CPU backends have one device only.
+#[cfg(any(
+    feature = "flex",
+    feature = "ndarray",
+    feature = "wgpu",
+    feature = "cuda"
+))]
+pub fn devices(ids: &[usize]) -> Result<Vec<burn::tensor::Device<Backend>>, DeviceError> {
+    let mut seen = std::collections::BTreeSet::new();
+    if let Some(twice) = ids.iter().find(|&&i| !seen.insert(i)) {
+        return Err(DeviceError {
+            reason: format!("device {twice} is listed twice in --devices"),
+            hint: "name each device once.",
+        });
+    }
+    #[cfg(feature = "cuda")]
+    let devices: Vec<_> = ids
+        .iter()
+        .map(|&i| burn::backend::cuda::CudaDevice::new(i))
+        .collect();
+    #[cfg(all(feature = "wgpu", not(feature = "cuda")))]
+    let devices: Vec<_> = {
+        // Data-parallel steps move the model to every device and the gradients back; CubeCL
+        // 0.10 (Burn 0.21) implements tensor transfers between devices for CUDA only, and on
+        // wgpu they end in `unimplemented!()` inside a worker thread.
+        if ids.len() > 1 {
+            return Err(DeviceError {
+                reason: format!(
+                    "--devices {}: Burn 0.21 cannot move tensors between two wgpu devices",
+                    ids.iter()
+                        .map(|i| i.to_string())
+                        .collect::<Vec<_>>()
+                        .join(",")
+                ),
+                hint: "data-parallel training needs --backend cuda; on wgpu pick one GPU \
+                       (--devices N).",
+            });
+        }
+        ids.iter()
+            .map(|&i| burn::backend::wgpu::WgpuDevice::DiscreteGpu(i))
+            .collect()
+    };
+    #[cfg(not(any(feature = "wgpu", feature = "cuda")))]
+    let devices: Vec<burn::tensor::Device<Backend>> = {
+        if ids != [0] {
+            return Err(DeviceError {
+                reason: format!("--devices {ids:?}: the CPU has one device (0)"),
+                hint: "data-parallel training needs a GPU backend: --backend cuda or wgpu; \
+                       the CPU backend already uses every core on its one device.",
+            });
+        }
+        vec![device()]
+    };
+    for (id, device) in ids.iter().zip(&devices) {
+        start(device).map_err(|reason| DeviceError {
+            reason: format!("device {id}: {reason}"),
+            hint: NO_DEVICE_HINT,
+        })?;
+    }
+    Ok(devices)
+}
+
+/// Starts `device` with one tiny operation; the panic's first line if it cannot.
+#[cfg(any(
+    feature = "flex",
+    feature = "ndarray",
+    feature = "wgpu",
+    feature = "cuda"
+))]
+fn start(device: &burn::tensor::Device<Backend>) -> Result<(), String> {
+    if !IS_GPU {
+        return Ok(());
+    }
+    crate::panics::quietly(|| {
+        use burn::tensor::Tensor;
+        Tensor::<Backend, 1>::ones([1], device).into_data()
+    })
+    .map(drop)
+}
+
 /// Whether the backend runs on a GPU (its device can be missing or run out of memory).
 pub const IS_GPU: bool = cfg!(any(feature = "wgpu", feature = "cuda"));
 
@@ -77,13 +158,7 @@ pub fn check_device() -> Result<(), DeviceError> {
     if !IS_GPU {
         return Ok(());
     }
-    let device = device();
-    let reason = crate::panics::quietly(|| {
-        use burn::tensor::Tensor;
-        Tensor::<Backend, 1>::ones([1], &device).into_data()
-    })
-    .err();
-    match reason {
+    match start(&device()).err() {
         None => Ok(()),
         Some(reason) => Err(DeviceError {
             reason,

@@ -20,6 +20,10 @@ pub struct ExitBatch<B: Backend> {
     /// The epoch's last batch: the [`LossGuard`](crate::LossGuard) reads its losses back
     /// before the Learner can checkpoint.
     pub ends_epoch: bool,
+    /// This batch's part of the optimisation step's items (1 on one device): data-parallel
+    /// devices scale their losses by it, so the gradients Burn sums over devices are the
+    /// gradient of the mean loss over the global batch, as on one device.
+    pub share: f32,
 }
 
 /// The exit loss weights of each epoch of a run: the schedule applied to this run's exits and
@@ -122,6 +126,7 @@ impl ExitBatcher {
             targets: Tensor::from_data(TensorData::new(labels, [n]), device),
             loss_weights: self.weights.weights(epoch),
             ends_epoch: false,
+            share: 1.0,
         }
     }
 }

@@ -7,6 +7,11 @@
 //! uninterrupted run. Here the order is a permutation keyed on the epoch, one producer thread
 //! makes the batches in that order (decoding each batch's images on several threads), and keeps
 //! two ready ahead of the device.
+//!
+//! Data-parallel training over `n` devices splits the loader with Burn's `slice`: each shard
+//! takes its part of every *global* batch of the one epoch order (device `k` the `k`-th
+//! `batch_size` items of each `n * batch_size`), so the devices together see exactly the batches
+//! one device would, with the same augmentation (keyed on each image's position in the epoch).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -49,13 +54,27 @@ pub enum Split {
     Valid,
 }
 
+/// Which part of each global batch a loader yields: `index` of `count` devices.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shard {
+    pub index: usize,
+    pub count: usize,
+}
+
+impl Shard {
+    /// The whole batch (one device).
+    pub const WHOLE: Self = Self { index: 0, count: 1 };
+}
+
 /// A [`DataLoader`] of [`ExitBatch`]es for Burn's Learner.
 pub struct EpochLoader<B: Backend> {
     samples: Arc<[Sample]>,
     batcher: Arc<ExitBatcher>,
+    /// Items per batch of this loader (per device when sharded).
     batch_size: usize,
     split: Split,
     epochs: EpochCounter,
+    shard: Shard,
     /// Threads decoding one batch's images.
     workers: usize,
     device: B::Device,
@@ -69,6 +88,7 @@ impl<B: Backend> Clone for EpochLoader<B> {
             batch_size: self.batch_size,
             split: self.split,
             epochs: self.epochs.clone(),
+            shard: self.shard,
             workers: self.workers,
             device: self.device.clone(),
         }
@@ -91,9 +111,41 @@ impl<B: Backend> EpochLoader<B> {
             batch_size: batch_size.max(1),
             split,
             epochs,
+            shard: Shard::WHOLE,
             workers: workers.max(1),
             device: device.clone(),
         }
+    }
+
+    /// The loader to be split over `devices` (Burn's multi-device training calls
+    /// [`DataLoader::slice`] once per device): `batch_size` becomes the per-device batch, so
+    /// `batch_size * devices` items make one optimisation step, as `batch_size` do unsplit.
+    pub fn for_devices(mut self, devices: usize) -> Self {
+        self.shard = Shard {
+            index: 0,
+            count: devices.max(1),
+        };
+        self
+    }
+
+    /// Items of one optimisation step over all devices.
+    fn global_batch(&self) -> usize {
+        self.batch_size * self.shard.count
+    }
+
+    /// The positions (in `order`) of this shard's part of every global batch, with the share of
+    /// its global batch each part is: `(first position, positions, share)`.
+    fn parts(&self, total: usize) -> Vec<(usize, std::ops::Range<usize>, f32)> {
+        let global = self.global_batch();
+        (0..total.div_ceil(global))
+            .filter_map(|g| {
+                let start = g * global;
+                let len = global.min(total - start);
+                let from = start + (self.shard.index * self.batch_size).min(len);
+                let to = start + ((self.shard.index + 1) * self.batch_size).min(len);
+                (to > from).then(|| (from, from..to, (to - from) as f32 / len as f32))
+            })
+            .collect()
     }
 
     /// The order of the samples in `epoch`: a permutation keyed on the seed and the epoch for
@@ -115,7 +167,8 @@ impl<B: Backend> DataLoader<B, ExitBatch<B>> for EpochLoader<B> {
             Split::Valid => self.epochs.started().saturating_sub(1),
         };
         let order = self.order(epoch);
-        let total = order.len();
+        let parts = self.parts(order.len());
+        let total = parts.iter().map(|(_, r, _)| r.len()).sum();
         let (tx, rx) = sync_channel(PREFETCH);
         let loader = self.clone();
         std::thread::Builder::new()
@@ -124,17 +177,21 @@ impl<B: Backend> DataLoader<B, ExitBatch<B>> for EpochLoader<B> {
                 // One batch is held back until the next is ready, so that the epoch's last
                 // batch sent (not always the last chunk: see below) is marked as such.
                 let mut held: Option<(usize, ExitBatch<B>)> = None;
-                for (b, chunk) in order.chunks(loader.batch_size).enumerate() {
-                    let samples: Vec<&Sample> = chunk.iter().map(|&i| &loader.samples[i]).collect();
-                    let first = b * loader.batch_size;
-                    let batch = loader.batcher.batch::<B>(
+                let mut done = 0;
+                for (first, positions, share) in parts {
+                    let samples: Vec<&Sample> = order[positions]
+                        .iter()
+                        .map(|&i| &loader.samples[i])
+                        .collect();
+                    let mut batch = loader.batcher.batch::<B>(
                         &samples,
                         epoch,
                         first,
                         loader.workers,
                         &loader.device,
                     );
-                    let done = first + chunk.len();
+                    batch.share = share;
+                    done += samples.len();
                     // A batch of only unreadable images has nothing to train on.
                     if batch.targets.dims()[0] == 0 {
                         continue;
@@ -166,7 +223,26 @@ impl<B: Backend> DataLoader<B, ExitBatch<B>> for EpochLoader<B> {
         })
     }
 
+    /// A loader made [`for_devices`](Self::for_devices) gives shard `k` for Burn's `k`-th range
+    /// (`start = k * len / devices`); any other keeps the samples in `start..end`.
     fn slice(&self, start: usize, end: usize) -> Arc<dyn DataLoader<B, ExitBatch<B>>> {
+        let count = self.shard.count;
+        if count > 1 {
+            let step = (self.samples.len() / count).max(1);
+            let index = (start / step).min(count - 1);
+            // The first shard advances the shared epoch counter (the validation loader reads
+            // it); the others count their own epochs from the same start.
+            let epochs = if index == 0 {
+                self.epochs.clone()
+            } else {
+                EpochCounter::new(self.epochs.started())
+            };
+            return Arc::new(Self {
+                shard: Shard { index, count },
+                epochs,
+                ..self.clone()
+            });
+        }
         let end = end.min(self.samples.len());
         Arc::new(Self {
             samples: self.samples[start.min(end)..end].to_vec().into(),

@@ -10,7 +10,9 @@ use burn::prelude::*;
 use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder, Record, RecorderError};
 use burn::tensor::backend::AutodiffBackend;
 use burn::train::checkpoint::{Checkpointer, CheckpointerError, FileCheckpointer};
-use burn::train::{InferenceStep, Learner, SupervisedTraining, TrainStep};
+use burn::train::{
+    ExecutionStrategy, InferenceStep, Learner, MultiDeviceOptim, SupervisedTraining, TrainStep,
+};
 use dmpo_model::Preprocess;
 use dmpo_model::dmpo::DmpoModel;
 
@@ -83,6 +85,9 @@ pub enum TrainError {
         /// What is left on disk to resume from.
         kept: String,
     },
+    /// The devices cannot share the batch.
+    #[error("{0}")]
+    Devices(String),
     /// A checkpoint to resume from that does not fit the model being trained.
     #[error(
         "cannot resume from {}: {reason}. It was written by another version of dmpo-burn or \
@@ -105,7 +110,8 @@ pub type CheckpointRecorder = AtomicFileRecorder<NamedMpkFileRecorder<FullPrecis
 pub const CHECKPOINT_EXTENSION: &str = "mpk";
 
 /// Trains the add-ons of `model` with Burn's Learner: per-exit metrics live, checkpoints of
-/// every epoch under `artifact_dir/checkpoint`, resumable from `resume_epoch`.
+/// every epoch under `artifact_dir/checkpoint`, resumable from `resume_epoch`. More than one
+/// device trains data-parallel (see [`fit`]).
 #[allow(clippy::too_many_arguments)]
 pub fn train<B: AutodiffBackend>(
     model: DmpoModel<B>,
@@ -115,7 +121,7 @@ pub fn train<B: AutodiffBackend>(
     config: &TrainConfig,
     artifact_dir: &Path,
     resume_epoch: Option<usize>,
-    device: &B::Device,
+    devices: &[B::Device],
 ) -> Result<DmpoModel<B::InnerBackend>, TrainError> {
     let exit_blocks = model.exits.clone();
     let trainee = Trainee {
@@ -133,7 +139,7 @@ pub fn train<B: AutodiffBackend>(
         artifact_dir,
         resume_epoch,
     };
-    Ok(fit(trainee, exit_blocks, run, device)?.model)
+    Ok(fit(trainee, exit_blocks, run, devices)?.model)
 }
 
 /// Everything a training run needs besides the model.
@@ -148,11 +154,17 @@ pub struct Run<'a> {
 
 /// The Learner loop shared by tuning and pretraining: any model whose steps take
 /// [`ExitBatch`]es and give [`MultiExitOutput`]s with `exit_blocks.len()` exits.
+///
+/// On several `devices` it trains data-parallel with Burn's multi-device strategy: each step,
+/// every device takes `batch_size / devices` items of the global batch, the gradients are summed
+/// on the first device (each device's loss scaled by its share, so the sum is the global mean's
+/// gradient) and one optimizer updates the weights there. Validation, metrics, checkpoints and
+/// `--resume` run on the first device as on one.
 pub fn fit<B, M>(
     trainee: M,
     exit_blocks: Vec<usize>,
     run: Run<'_>,
-    device: &B::Device,
+    devices: &[B::Device],
 ) -> Result<M::InnerModule, TrainError>
 where
     B: AutodiffBackend,
@@ -171,6 +183,11 @@ where
         artifact_dir,
         resume_epoch,
     } = run;
+    let device = devices.first().ok_or(TrainError::Devices(
+        "no device to train on was given".to_string(),
+    ))?;
+    let per_device_batch =
+        per_device_batch(config.batch_size, devices.len(), train_set.samples.len())?;
     let guard = trainee.guard().clone();
     B::seed(device, config.seed);
     let batches_per_epoch = train_set.samples.len().div_ceil(config.batch_size);
@@ -197,15 +214,18 @@ where
         ..train_batcher.clone()
     };
     let epochs = EpochCounter::new(resume_epoch.unwrap_or(0));
-    let train_loader = Arc::new(EpochLoader::<B>::new(
-        train_set.samples,
-        train_batcher,
-        config.batch_size,
-        Split::Train,
-        epochs.clone(),
-        config.num_workers,
-        device,
-    ));
+    let train_loader = Arc::new(
+        EpochLoader::<B>::new(
+            train_set.samples,
+            train_batcher,
+            per_device_batch,
+            Split::Train,
+            epochs.clone(),
+            config.num_workers,
+            device,
+        )
+        .for_devices(devices.len()),
+    );
     let valid_loader = Arc::new(EpochLoader::<B::InnerBackend>::new(
         valid_set.samples,
         valid_batcher,
@@ -261,6 +281,15 @@ where
     if let Some(epoch) = resume_epoch {
         training = training.checkpoint(epoch);
     }
+    if devices.len() > 1 {
+        tracing::info!(
+            "data-parallel over {} devices, {per_device_batch} images each per step",
+            devices.len()
+        );
+        training = training.with_training_strategy(
+            ExecutionStrategy::multi(devices.to_vec(), MultiDeviceOptim::OptimMainDevice).into(),
+        );
+    }
     // On a terminal Burn draws its dashboard; elsewhere, concise log lines.
     if !std::io::IsTerminal::is_terminal(&std::io::stdout()) {
         training = training.renderer(crate::ProgressLog::default());
@@ -284,6 +313,23 @@ where
             })
         }
     }
+}
+
+/// Each device's part of a global batch of `batch_size`: it must divide evenly, so that every
+/// step sees the same items as on one device.
+fn per_device_batch(batch_size: usize, devices: usize, items: usize) -> Result<usize, TrainError> {
+    if devices > 1 && !batch_size.is_multiple_of(devices) {
+        return Err(TrainError::Devices(format!(
+            "--batch {batch_size} does not split evenly over {devices} devices: pick a multiple \
+             of {devices} (the batch is the global one, shared by the devices)"
+        )));
+    }
+    if devices > items {
+        return Err(TrainError::Devices(format!(
+            "{devices} devices for {items} training images: each device needs at least one"
+        )));
+    }
+    Ok(batch_size / devices)
 }
 
 /// Loads the checkpoint `dir/<name>-<epoch>` as the Learner will when it resumes, so a file that
@@ -325,8 +371,9 @@ where
 /// of another method or exit set would otherwise panic, or load silently wrong.
 fn check_model_fits<B: Backend, M: Module<B>>(model: &M, record: M::Record) -> Result<(), String> {
     let expected = ParamShapes::of(model);
-    let loaded = without_panic_message(|| model.clone().load_record(record))
-        .ok_or("its lists of blocks, exits or dispatchers have other lengths than this model's")?;
+    let loaded = dmpo_import::panics::quietly(|| model.clone().load_record(record)).map_err(
+        |_| "its lists of blocks, exits or dispatchers have other lengths than this model's",
+    )?;
     let found = ParamShapes::of(&loaded);
     if found.0.len() != expected.0.len() {
         return Err(format!(
@@ -365,15 +412,6 @@ impl<B: Backend> ModuleVisitor<B> for ParamShapes {
     fn visit_bool<const D: usize>(&mut self, param: &Param<Tensor<B, D, Bool>>) {
         self.0.push(param.shape().to_vec());
     }
-}
-
-/// Runs `f`, turning a panic into `None` without printing it (the caller reports the cause).
-fn without_panic_message<T>(f: impl FnOnce() -> T) -> Option<T> {
-    let hook = std::panic::take_hook();
-    std::panic::set_hook(Box::new(|_| {}));
-    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).ok();
-    std::panic::set_hook(hook);
-    result
 }
 
 /// The useful part of a recorder's error: serde's message (e.g. "missing field `dispatchers`")

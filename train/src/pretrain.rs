@@ -160,7 +160,12 @@ pub fn pretrain_on<B: AutodiffBackend>(
         artifact_dir,
         resume_epoch,
     };
-    let trained = fit(trainee, vec![config.vit.depth], run, device)?;
+    let trained = fit(
+        trainee,
+        vec![config.vit.depth],
+        run,
+        std::slice::from_ref(device),
+    )?;
     Ok(trained.vit)
 }
 

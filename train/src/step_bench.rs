@@ -110,6 +110,7 @@ pub fn bench_train_step<B: AutodiffBackend>(
         ),
         loss_weights: vec![1.0 / exits as f32; exits],
         ends_epoch: false,
+        share: 1.0,
     };
     let memory = PeakMemory::start();
     let mut gradient_tensors = 0;

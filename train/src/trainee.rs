@@ -119,10 +119,14 @@ macro_rules! exit_loss_steps {
                 &self,
                 batch: $crate::ExitBatch<B>,
             ) -> burn::train::TrainOutput<$crate::MultiExitOutput<B>> {
-                let ends_epoch = batch.ends_epoch;
+                let (ends_epoch, share) = (batch.ends_epoch, batch.share);
                 let out = self.forward_loss(batch);
                 self.guard.check(&out.loss, ends_epoch);
-                let grads = out.loss.backward();
+                let grads = if share == 1.0 {
+                    out.loss.backward()
+                } else {
+                    out.loss.clone().mul_scalar(share).backward()
+                };
                 burn::train::TrainOutput::new(self, grads, out)
             }
 

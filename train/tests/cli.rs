@@ -393,3 +393,23 @@ fn dyt_methods_train_into_model_folders_that_infer() {
     assert!(stderr.contains("--token-rate"), "{stderr}");
     assert!(!out.exists());
 }
+
+#[test]
+fn data_parallel_training_on_the_cpu_is_refused_before_any_work() {
+    let dir = tempfile::tempdir().unwrap();
+    bar_data(dir.path(), 20, 10);
+    // The CPU has one device (its threads already share the work).
+    let out = dir.path().join("two-cpus");
+    let output = train_command(dir.path(), &out)
+        .args(["--devices", "0,1"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("--devices") && stderr.contains("one device"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(!out.exists());
+}

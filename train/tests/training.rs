@@ -132,7 +132,7 @@ fn training_lowers_the_loss_and_leaves_the_backbone_alone() {
         &config,
         dir.path(),
         None,
-        &device,
+        std::slice::from_ref(&device),
     )
     .unwrap();
     let after = loss_of(&trained);
@@ -237,7 +237,7 @@ fn resuming_gives_the_same_model_as_an_uninterrupted_run() {
         &config,
         whole.path(),
         None,
-        &device,
+        std::slice::from_ref(&device),
     )
     .unwrap();
 
@@ -262,7 +262,7 @@ fn resuming_gives_the_same_model_as_an_uninterrupted_run() {
         &config,
         resumed_dir.path(),
         Some(2),
-        &device,
+        std::slice::from_ref(&device),
     )
     .unwrap();
     let (a, b) = (parameters(&uninterrupted), parameters(&resumed));
@@ -273,6 +273,65 @@ fn resuming_gives_the_same_model_as_an_uninterrupted_run() {
         a,
         parameters(&burn::module::AutodiffModule::valid(&tiny_model(0)))
     );
+}
+
+#[test]
+fn data_parallel_training_equals_one_device_on_the_same_global_batch() {
+    // Two workers on the one CPU device exercise everything data-parallel training adds
+    // (sharded loaders, loss shares, gradients summed on the first device); GPU backends only
+    // change where the workers run. 60 images in global batches of 16: the last step has 12,
+    // split 8 + 4, so unequal shares are covered too.
+    let device: burn::tensor::Device<B> = Default::default();
+    let run = |devices: &[burn::tensor::Device<B>]| {
+        let dir = tempfile::tempdir().unwrap();
+        let model = dmpo_train::train(
+            tiny_model(0),
+            stripes(60),
+            stripes(16),
+            &preprocess(),
+            &train_config(2),
+            dir.path(),
+            None,
+            devices,
+        )
+        .unwrap();
+        (
+            parameters(&model),
+            dmpo_train::read_epoch_metrics(dir.path()),
+        )
+    };
+    let (one, one_metrics) = run(std::slice::from_ref(&device));
+    let (two, two_metrics) = run(&[device, device]);
+    let worst = one
+        .iter()
+        .zip(&two)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    assert!(worst < 1e-4, "weights differ by up to {worst}");
+    for split in ["train", "valid"] {
+        for epoch in 1..=2 {
+            let key = (split.to_string(), epoch, "Loss".to_string());
+            let (a, b) = (one_metrics[&key], two_metrics[&key]);
+            assert!(
+                (a - b).abs() < 1e-4,
+                "{split} loss of epoch {epoch}: {a} vs {b}"
+            );
+        }
+    }
+    // The batch must split evenly between the devices.
+    let dir = tempfile::tempdir().unwrap();
+    let uneven = dmpo_train::train(
+        tiny_model(0),
+        stripes(60),
+        stripes(16),
+        &preprocess(),
+        &train_config(1).with_batch_size(15),
+        dir.path(),
+        None,
+        &[device, device],
+    );
+    let message = uneven.err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(message.contains("--batch 15"), "{message}");
 }
 
 #[test]
@@ -288,7 +347,7 @@ fn resuming_from_a_checkpoint_of_another_model_is_one_clear_error() {
             &train_config(1),
             dir.path(),
             resume,
-            &device,
+            std::slice::from_ref(&device),
         )
     };
     run(tiny_model(0), None).unwrap();
@@ -345,7 +404,7 @@ fn non_finite_loss_never_reaches_a_checkpoint(check_every: usize) {
             &train_config(epochs).with_loss_check_every(check_every),
             dir.path(),
             resume,
-            &device,
+            std::slice::from_ref(&device),
         )
     };
     run(&preprocess(), 1, None).unwrap();

@@ -208,6 +208,10 @@ struct RunArgs {
     seed: u64,
     #[arg(long, default_value_t = 2)]
     workers: usize,
+    /// Train data-parallel on these devices (GPU indices: CUDA's, or wgpu's discrete GPUs);
+    /// --batch is the global batch, split evenly between them [default: the backend's device].
+    #[arg(long, value_delimiter = ',')]
+    devices: Vec<usize>,
     /// Budgets (fractions of the backbone's MACs) for the evaluation curve.
     #[arg(
         long,
@@ -767,6 +771,7 @@ fn tune(a: &RunArgs, arm: Arm, resume: bool, out: &Path) -> Result<EvalReport, E
         &GENERAL
     };
     let (distillation, dispatch) = arm_settings(a, arm)?;
+    let devices = training_devices(&a.devices)?;
     std::fs::create_dir_all(out).map_err(|e| format!("{}: {e}", out.display()))?;
     let (train_set, held_out, test) = datasets(a)?;
     let classes = train_set.classes.clone();
@@ -864,7 +869,7 @@ fn tune(a: &RunArgs, arm: Arm, resume: bool, out: &Path) -> Result<EvalReport, E
         &config,
         &artifacts,
         resume_epoch,
-        &device,
+        &devices,
     )?;
     dmpo_train::write_epoch_metrics(&artifacts, out)?;
     let binding = TrainedBinding::new(&dmpo, &info.vit, &trained);
@@ -893,6 +898,15 @@ fn tune(a: &RunArgs, arm: Arm, resume: bool, out: &Path) -> Result<EvalReport, E
         out.display()
     );
     Ok(report)
+}
+
+/// The devices `--devices` names (the first also holds the model for evaluation), or the
+/// backend's one device.
+fn training_devices(ids: &[usize]) -> Result<Vec<burn::tensor::Device<TrainBackend>>, Error> {
+    if ids.is_empty() {
+        return Ok(vec![backend::device()]);
+    }
+    Ok(backend::devices(ids)?)
 }
 
 /// Copies the first `n` images of each class of an IDX dataset's splits into gzip'ed IDX files.
