@@ -54,7 +54,7 @@ pub fn devices(ids: &[usize]) -> Result<Vec<burn::tensor::Device<Backend>>, Devi
     #[cfg(feature = "cuda")]
     let devices: Vec<_> = ids
         .iter()
-        .map(|&i| burn::backend::cuda::CudaDevice::new(i))
+        .map(|&i| burn::backend::cuda::CudaDevice { index: i })
         .collect();
     #[cfg(all(feature = "wgpu", not(feature = "cuda")))]
     let devices: Vec<_> = {
