@@ -91,7 +91,7 @@ pub fn devices(ids: &[usize]) -> Result<Vec<burn::tensor::Device<Backend>>, Devi
     };
     for (id, device) in ids.iter().zip(&devices) {
         start(device).map_err(|reason| DeviceError {
-            reason: format!("device {id}: {reason}"),
+            reason: format!("device {id} could not be started ({reason})"),
             hint: NO_DEVICE_HINT,
         })?;
     }
@@ -119,11 +119,12 @@ fn start(device: &burn::tensor::Device<Backend>) -> Result<(), String> {
 /// Whether the backend runs on a GPU (its device can be missing or run out of memory).
 pub const IS_GPU: bool = cfg!(any(feature = "wgpu", feature = "cuda"));
 
-/// The backend could not start on its device: no driver, no adapter, no GPU.
+/// The backend could not start on its device (no driver, no adapter, no GPU), or cannot use
+/// the devices asked for.
 #[derive(Debug, thiserror::Error)]
-#[error("{NAME}: the device could not be started ({reason}). {hint}")]
+#[error("{NAME}: {reason}. {hint}")]
 pub struct DeviceError {
-    /// What wgpu / CubeCL said, first line only.
+    /// What went wrong, with wgpu's / CubeCL's words (first line only).
     pub reason: String,
     /// What the user can do about it.
     pub hint: &'static str,
@@ -161,7 +162,7 @@ pub fn check_device() -> Result<(), DeviceError> {
     match start(&device()).err() {
         None => Ok(()),
         Some(reason) => Err(DeviceError {
-            reason,
+            reason: format!("the device could not be started ({reason})"),
             hint: NO_DEVICE_HINT,
         }),
     }
