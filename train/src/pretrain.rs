@@ -109,13 +109,17 @@ impl<B: Backend> PretrainTrainee<B> {
 
 exit_loss_steps!(PretrainTrainee);
 
-/// Pretrains a backbone by `config` on the synthetic patterns.
+/// Pretrains a backbone by `config` on the synthetic patterns, on `devices` (data-parallel
+/// over more than one, as [`fit`]).
 pub fn pretrain<B: AutodiffBackend>(
     config: &PretrainConfig,
     artifact_dir: &Path,
     resume_epoch: Option<usize>,
-    device: &B::Device,
+    devices: &[B::Device],
 ) -> Result<VisionTransformer<B::InnerBackend>, TrainError> {
+    let device = devices.first().ok_or(TrainError::Devices(
+        "no device to train on was given".to_string(),
+    ))?;
     B::seed(device, config.train.seed);
     let size = config.vit.img_size as u32;
     let train_set = synthetic_dataset(config.per_class, size, config.train.seed);
@@ -128,13 +132,13 @@ pub fn pretrain<B: AutodiffBackend>(
         valid_set,
         artifact_dir,
         resume_epoch,
-        device,
+        devices,
     )
 }
 
 /// Trains `vit` (fresh from `config.vit.init`, or a backbone to train further) by `config` on
 /// `train_set`, validating on `valid_set` after every epoch; checkpoints in `artifact_dir`,
-/// resumable after `resume_epoch`.
+/// resumable after `resume_epoch`; data-parallel over more than one of `devices`.
 pub fn pretrain_on<B: AutodiffBackend>(
     config: &PretrainConfig,
     vit: VisionTransformer<B>,
@@ -142,7 +146,7 @@ pub fn pretrain_on<B: AutodiffBackend>(
     valid_set: ImageDataset,
     artifact_dir: &Path,
     resume_epoch: Option<usize>,
-    device: &B::Device,
+    devices: &[B::Device],
 ) -> Result<VisionTransformer<B::InnerBackend>, TrainError> {
     let preprocess = config.preprocess();
     let trainee = PretrainTrainee {
@@ -160,12 +164,7 @@ pub fn pretrain_on<B: AutodiffBackend>(
         artifact_dir,
         resume_epoch,
     };
-    let trained = fit(
-        trainee,
-        vec![config.vit.depth],
-        run,
-        std::slice::from_ref(device),
-    )?;
+    let trained = fit(trainee, vec![config.vit.depth], run, devices)?;
     Ok(trained.vit)
 }
 

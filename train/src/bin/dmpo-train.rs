@@ -355,6 +355,9 @@ struct PretrainArgs {
     /// Threads decoding and augmenting images.
     #[arg(long)]
     workers: Option<usize>,
+    /// Train data-parallel on these GPUs, as `train --devices` (--batch is the global batch).
+    #[arg(long, value_delimiter = ',')]
+    devices: Vec<usize>,
     /// Override the recipe's number of blocks.
     #[arg(long)]
     depth: Option<usize>,
@@ -390,7 +393,8 @@ const RECIPE_FILE: &str = "recipe.json";
 fn run_pretrain(o: &PretrainArgs) -> Result<(), Error> {
     let (out, data, exclude, work) = (&o.out, o.data.as_deref(), &o.exclude, &o.work);
     let started = std::time::Instant::now();
-    let device = backend::device();
+    let devices = training_devices(&o.devices)?;
+    let device = &devices[0];
     std::fs::create_dir_all(work).map_err(|e| format!("{}: {e}", work.display()))?;
     let recipe_path = work.join(RECIPE_FILE);
     let artifacts = work.join("training");
@@ -485,13 +489,13 @@ fn run_pretrain(o: &PretrainArgs) -> Result<(), Error> {
         "init": recipe.init,
     });
     // Seeded before the weights are drawn: the same recipe gives the same run.
-    <TrainBackend as burn::prelude::Backend>::seed(&device, recipe.train.seed);
+    <TrainBackend as burn::prelude::Backend>::seed(device, recipe.train.seed);
     let initial = |recipe: &PretrainConfig| -> Result<_, Error> {
         let Some(init) = &recipe.init else {
-            return Ok(recipe.vit.init::<TrainBackend>(&device));
+            return Ok(recipe.vit.init::<TrainBackend>(device));
         };
         let (info, vit) =
-            load_any::<TrainBackend>(Path::new(init), &ImportOptions::default(), &device)?;
+            load_any::<TrainBackend>(Path::new(init), &ImportOptions::default(), device)?;
         if info.vit.to_string() != recipe.vit.to_string() {
             return Err(format!(
                 "{init}: its architecture differs from the recipe's ({} vs {})",
@@ -507,7 +511,7 @@ fn run_pretrain(o: &PretrainArgs) -> Result<(), Error> {
     let (vit, source) = match data {
         None => {
             dmpo_import::write_atomic(&recipe_path, recipe.to_string().as_bytes())?;
-            let vit = pretrain::<TrainBackend>(&recipe, &artifacts, resume_epoch, &device)?;
+            let vit = pretrain::<TrainBackend>(&recipe, &artifacts, resume_epoch, &devices)?;
             let source = "cargo xtask pretrain: formula-driven synthetic patterns \
                           (train/src/synthetic.rs), recipe in pretrain.json";
             (vit, source.to_string())
@@ -555,12 +559,12 @@ fn run_pretrain(o: &PretrainArgs) -> Result<(), Error> {
                 valid_set.clone(),
                 &artifacts,
                 resume_epoch,
-                &device,
+                &devices,
             )?;
             // Measured once the weights are final: the test split plays no part in training.
             let preprocess = recipe.preprocess();
             let acc = |set: &ImageDataset| {
-                backbone_accuracy(&vit, set, &preprocess, recipe.train.batch_size, &device)
+                backbone_accuracy(&vit, set, &preprocess, recipe.train.batch_size, device)
             };
             let (valid_acc, test_acc) = (acc(&valid_set), acc(&splits.test));
             tracing::info!(
