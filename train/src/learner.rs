@@ -1,15 +1,12 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use burn::lr_scheduler::LrScheduler;
-use burn::module::{AutodiffModule, ModuleVisitor, Param};
+use burn::module::AutodiffModule;
 use burn::optim::AdamWConfig;
-use burn::optim::Optimizer;
 use burn::optim::grad_clipping::GradientClippingConfig;
 use burn::prelude::*;
-use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder, Record, RecorderError};
+use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder};
 use burn::tensor::backend::AutodiffBackend;
-use burn::train::checkpoint::{Checkpointer, CheckpointerError, FileCheckpointer};
 use burn::train::{
     ExecutionStrategy, InferenceStep, Learner, MultiDeviceOptim, SupervisedTraining, TrainStep,
 };
@@ -21,6 +18,7 @@ use crate::batcher::{EpochWeights, ExitBatch, ExitBatcher};
 use crate::epoch_loader::{EpochCounter, EpochLoader, Split};
 use crate::loss_guard::LossGuard;
 use crate::metrics::{ExitMetric, MultiExitOutput, metric_kinds};
+use crate::resume_check::check_resumable;
 use crate::self_distillation::SelfDistillation;
 use crate::trainee::{Guarded, Trainee};
 use crate::{LossSchedule, WarmupCosine};
@@ -250,17 +248,11 @@ where
         config.epochs * batches_per_epoch,
     );
     if let Some(epoch) = resume_epoch {
-        let dir = artifact_dir.join("checkpoint");
-        let record = check_restorable::<B, M::Record>(&dir, "model", epoch, device)?;
-        check_model_fits(&trainee, record).map_err(|reason| TrainError::Checkpoint {
-            path: dir.join(format!("model-{epoch}.{CHECKPOINT_EXTENSION}")),
-            dir: dir.clone(),
-            reason,
-        })?;
-        check_optim_restorable::<B, M, _>(&optim, &dir, epoch, device)?;
-        check_restorable::<B, <WarmupCosine as LrScheduler>::Record<B>>(
-            &dir,
-            "scheduler",
+        check_resumable(
+            &trainee,
+            &optim,
+            &scheduler,
+            &artifact_dir.join("checkpoint"),
             epoch,
             device,
         )?;
@@ -330,107 +322,4 @@ fn per_device_batch(batch_size: usize, devices: usize, items: usize) -> Result<u
         )));
     }
     Ok(batch_size / devices)
-}
-
-/// Loads the checkpoint `dir/<name>-<epoch>` as the Learner will when it resumes, so a file that
-/// does not fit (another version, method, exits or backbone) is one clear error here instead of
-/// a panic inside burn-train.
-fn check_restorable<B: Backend, R: Record<B>>(
-    dir: &Path,
-    name: &str,
-    epoch: usize,
-    device: &B::Device,
-) -> Result<R, TrainError> {
-    let checkpointer = FileCheckpointer::new(CheckpointRecorder::default(), dir, name);
-    checkpointer
-        .restore(epoch, device)
-        .map_err(|e| TrainError::Checkpoint {
-            path: dir.join(format!("{name}-{epoch}.{CHECKPOINT_EXTENSION}")),
-            dir: dir.to_path_buf(),
-            reason: checkpoint_reason(&e),
-        })
-}
-
-/// [`check_restorable`] for the optimizer's state, whose record type only the optimizer names.
-fn check_optim_restorable<B, M, O>(
-    _optim: &O,
-    dir: &Path,
-    epoch: usize,
-    device: &B::Device,
-) -> Result<(), TrainError>
-where
-    B: AutodiffBackend,
-    M: AutodiffModule<B>,
-    O: Optimizer<M, B>,
-{
-    check_restorable::<B, O::Record>(dir, "optim", epoch, device).map(drop)
-}
-
-/// Whether a model record has this model's layout. Burn's `load_record` checks neither tensor
-/// shapes nor list lengths (it asserts on the latter), so both are compared here: a checkpoint
-/// of another method or exit set would otherwise panic, or load silently wrong.
-fn check_model_fits<B: Backend, M: Module<B>>(model: &M, record: M::Record) -> Result<(), String> {
-    let expected = ParamShapes::of(model);
-    let loaded = dmpo_import::panics::quietly(|| model.clone().load_record(record)).map_err(
-        |_| "its lists of blocks, exits or dispatchers have other lengths than this model's",
-    )?;
-    let found = ParamShapes::of(&loaded);
-    if found.0.len() != expected.0.len() {
-        return Err(format!(
-            "it holds {} tensors where this model has {}",
-            found.0.len(),
-            expected.0.len()
-        ));
-    }
-    match expected.0.iter().zip(&found.0).position(|(a, b)| a != b) {
-        None => Ok(()),
-        Some(i) => Err(format!(
-            "tensor {i} has shape {:?} where this model has {:?}",
-            found.0[i], expected.0[i]
-        )),
-    }
-}
-
-/// The shapes of a module's parameters, in visiting order.
-struct ParamShapes(Vec<Vec<usize>>);
-
-impl ParamShapes {
-    fn of<B: Backend, M: Module<B>>(module: &M) -> Self {
-        let mut shapes = Self(Vec::new());
-        module.visit(&mut shapes);
-        shapes
-    }
-}
-
-impl<B: Backend> ModuleVisitor<B> for ParamShapes {
-    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
-        self.0.push(param.shape().to_vec());
-    }
-    fn visit_int<const D: usize>(&mut self, param: &Param<Tensor<B, D, Int>>) {
-        self.0.push(param.shape().to_vec());
-    }
-    fn visit_bool<const D: usize>(&mut self, param: &Param<Tensor<B, D, Bool>>) {
-        self.0.push(param.shape().to_vec());
-    }
-}
-
-/// The useful part of a recorder's error: serde's message (e.g. "missing field `dispatchers`")
-/// without the nested `Unknown("...")` wrappers.
-fn checkpoint_reason(e: &CheckpointerError) -> String {
-    let text = match e {
-        CheckpointerError::RecorderError(
-            RecorderError::Unknown(s)
-            | RecorderError::DeserializeError(s)
-            | RecorderError::FileNotFound(s),
-        ) => s.clone(),
-        other => other.to_string(),
-    };
-    let last = text.lines().last().unwrap_or_default().trim();
-    let last = last.strip_prefix("Error:").unwrap_or(last).trim();
-    let inner = last
-        .strip_prefix("Unknown(\"")
-        .or_else(|| last.strip_prefix("DeserializeError(\""))
-        .and_then(|s| s.strip_suffix("\")"))
-        .unwrap_or(last);
-    inner.replace("\\\"", "\"")
 }

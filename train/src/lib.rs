@@ -20,6 +20,7 @@ mod peak_memory;
 mod pixel_baseline;
 mod pretrain;
 mod progress_log;
+mod resume_check;
 mod self_distillation;
 mod step_bench;
 mod synthetic;
