@@ -767,7 +767,6 @@ fn arm_settings(a: &RunArgs, arm: Arm) -> Result<(SelfDistillation, DispatchConf
 
 /// Trains one model of method `arm` into `out` and evaluates it.
 fn tune(a: &RunArgs, arm: Arm, resume: bool, out: &Path) -> Result<EvalReport, Error> {
-    let device = backend::device();
     // The embedded demo data is small: it gets the small-data recipe unless told otherwise.
     let defaults = if a.data == Path::new(DEFAULT_DATA) {
         &DEMO
@@ -775,7 +774,9 @@ fn tune(a: &RunArgs, arm: Arm, resume: bool, out: &Path) -> Result<EvalReport, E
         &GENERAL
     };
     let (distillation, dispatch) = arm_settings(a, arm)?;
+    // The model is built, and evaluated, on the first training device.
     let devices = training_devices(&a.devices)?;
+    let device = &devices[0];
     std::fs::create_dir_all(out).map_err(|e| format!("{}: {e}", out.display()))?;
     let (train_set, held_out, test) = datasets(a)?;
     let classes = train_set.classes.clone();
@@ -789,9 +790,9 @@ fn tune(a: &RunArgs, arm: Arm, resume: bool, out: &Path) -> Result<EvalReport, E
         ..Default::default()
     };
     let (info, backbone) = if resume && backbone_dir.is_dir() {
-        dmpo_import::load_backbone::<TrainBackend>(&backbone_dir, &device)?
+        dmpo_import::load_backbone::<TrainBackend>(&backbone_dir, device)?
     } else {
-        let (info, backbone) = load_any::<TrainBackend>(&a.backbone, &opts, &device)?;
+        let (info, backbone) = load_any::<TrainBackend>(&a.backbone, &opts, device)?;
         if let Some(size) = a.img_size
             && size != info.vit.img_size
         {
@@ -824,8 +825,8 @@ fn tune(a: &RunArgs, arm: Arm, resume: bool, out: &Path) -> Result<EvalReport, E
     let mut dmpo = arm.model_config(classes.len(), info.vit.depth, &exits, adapter, dispatch);
     dmpo.covariance.dim = a.cov_dim.or(defaults.cov_dim);
     // Seeded before the add-ons are initialised: the same seed gives the same run.
-    <TrainBackend as burn::prelude::Backend>::seed(&device, a.seed);
-    let model: DmpoModel<TrainBackend> = dmpo.init(backbone, &device)?;
+    <TrainBackend as burn::prelude::Backend>::seed(device, a.seed);
+    let model: DmpoModel<TrainBackend> = dmpo.init(backbone, device)?;
     let counts = model.param_counts();
     tracing::info!(
         "{} model: exits after blocks {:?}, {} trainable of {} parameters ({:.2}%)",
@@ -882,7 +883,7 @@ fn tune(a: &RunArgs, arm: Arm, resume: bool, out: &Path) -> Result<EvalReport, E
     // Calibrate on the held-out split, measure on the test split.
     let full = trained.backbone_macs();
     let batches = |set: &ImageDataset| {
-        eval_batches::<Backend>(&set.samples, &info.preprocess, a.batch, &device)
+        eval_batches::<Backend>(&set.samples, &info.preprocess, a.batch, device)
     };
     let calib = collect_scores(&trained, batches(&held_out), Criterion::MaxProb, full);
     let measured = collect_scores(&trained, batches(&test), Criterion::MaxProb, full);
