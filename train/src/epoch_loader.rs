@@ -56,14 +56,14 @@ pub enum Split {
 
 /// Which part of each global batch a loader yields: `index` of `count` devices.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Shard {
-    pub index: usize,
-    pub count: usize,
+struct Shard {
+    index: usize,
+    count: usize,
 }
 
 impl Shard {
     /// The whole batch (one device).
-    pub const WHOLE: Self = Self { index: 0, count: 1 };
+    const WHOLE: Self = Self { index: 0, count: 1 };
 }
 
 /// A [`DataLoader`] of [`ExitBatch`]es for Burn's Learner.

@@ -117,6 +117,14 @@ fn train_command(dir: &Path, out: &Path) -> Command {
     cmd
 }
 
+/// Runs `train` with `args` added, which must fail before writing anything to `out`; its stderr.
+fn refused_train(dir: &Path, out: &Path, args: &[&str]) -> String {
+    let output = train_command(dir, out).args(args).output().unwrap();
+    assert!(!output.status.success(), "train {args:?} was not refused");
+    assert!(!out.exists(), "nothing is written for a refused run");
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
 /// The resume test's run: 3 epochs, augmented, two loader workers, a fixed seed.
 fn resumable_run(dir: &Path, out: &Path) -> Command {
     let mut cmd = train_command(dir, out);
@@ -210,17 +218,11 @@ fn a_run_killed_mid_epoch_resumes_to_the_same_model_as_an_uninterrupted_one() {
 fn a_bad_self_distillation_weight_is_refused_before_any_work() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("model");
-    let output = train_command(dir.path(), &out)
-        .args(["--distill", "1.5"])
-        .output()
-        .unwrap();
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stderr = refused_train(dir.path(), &out, &["--distill", "1.5"]);
     assert!(
         stderr.contains("--distill") && stderr.contains("[0, 1]"),
         "{stderr}"
     );
-    assert!(!out.exists(), "nothing is written for a refused run");
 }
 
 /// `compare` over several arms and seeds: one run per arm and seed, the mean ± std table over
@@ -367,17 +369,15 @@ fn dyt_methods_train_into_model_folders_that_infer() {
     }
     // An out-of-range rate is refused before any work.
     let out = dir.path().join("refused");
-    let output = train_command(dir.path(), &out)
-        .args(["--method", "dyt", "--token-rate", "1.5"])
-        .output()
-        .unwrap();
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stderr = refused_train(
+        dir.path(),
+        &out,
+        &["--method", "dyt", "--token-rate", "1.5"],
+    );
     assert!(
         stderr.contains("--token-rate") && stderr.contains("1.5"),
         "{stderr}"
     );
-    assert!(!out.exists());
     // In `compare`, before the first arm trains, even when DyT comes last.
     let out = dir.path().join("refused-compare");
     let output = Command::new(env!("CARGO_BIN_EXE_dmpo-train"))
@@ -400,16 +400,10 @@ fn data_parallel_training_on_the_cpu_is_refused_before_any_work() {
     bar_data(dir.path(), 20, 10);
     // The CPU has one device (its threads already share the work).
     let out = dir.path().join("two-cpus");
-    let output = train_command(dir.path(), &out)
-        .args(["--devices", "0,1"])
-        .output()
-        .unwrap();
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stderr = refused_train(dir.path(), &out, &["--devices", "0,1"]);
     assert!(
         stderr.contains("--devices") && stderr.contains("one device"),
         "{stderr}"
     );
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
-    assert!(!out.exists());
 }
