@@ -117,9 +117,18 @@ fn images<B: Backend>(n: usize, device: &B::Device) -> Tensor<B, 4> {
 }
 
 fn dmpo<B: Backend>(device: &B::Device) -> DmpoModel<B> {
+    dmpo_with::<B>(None, device)
+}
+
+/// [`dmpo`] with DyT's token dispatch, or without (`None`).
+fn dmpo_with<B: Backend>(
+    dispatch: Option<dmpo_model::dyt::DispatchConfig>,
+    device: &B::Device,
+) -> DmpoModel<B> {
     let vit = VitConfig::tiny().with_num_classes(0).init::<B>(device);
     DmpoConfig::new(3)
         .with_exits(vec![1, 2, 4])
+        .with_dispatch(dispatch)
         .init(vit, device)
         .unwrap()
 }
@@ -342,13 +351,7 @@ fn token_skipping_matches_flex() {
     use dmpo_model::dyt::{Dispatch, DispatchConfig};
     let cpu = Default::default();
     let n = 4;
-    let vit = VitConfig::tiny().with_num_classes(0).init::<Flex>(&cpu);
-    let mut flex = DmpoConfig::new(3)
-        .with_exits(vec![1, 2, 4])
-        .with_dispatch(Some(DispatchConfig::new()))
-        .init(vit, &cpu)
-        .unwrap()
-        .map(&mut Jitter(200));
+    let mut flex = dmpo_with::<Flex>(Some(DispatchConfig::new()), &cpu).map(&mut Jitter(200));
     // Each dispatcher's bias in the widest gap between the middle of its logits on Flex, block
     // by block, so that about half the tokens are skipped and a 1e-4 difference cannot flip one.
     let mut x = flex.embed(images(n, &cpu));
@@ -369,14 +372,7 @@ fn token_skipping_matches_flex() {
     }
     let wgpu = transfer::<_, _, Flex, Wgpu>(
         flex.clone(),
-        DmpoConfig::new(3)
-            .with_exits(vec![1, 2, 4])
-            .with_dispatch(Some(DispatchConfig::new()))
-            .init(
-                VitConfig::tiny().with_num_classes(0).init::<Wgpu>(&gpu()),
-                &gpu(),
-            )
-            .unwrap(),
+        dmpo_with::<Wgpu>(Some(DispatchConfig::new()), &gpu()),
         &gpu(),
     );
     let (on_cpu, cpu_masks) = flex.forward_exits_with(images(n, &cpu), Dispatch::Hard);
