@@ -31,7 +31,11 @@ pub const NAME: &str = if cfg!(feature = "cuda") {
     feature = "wgpu",
     feature = "cuda"
 ))]
+/// The backend's default device; on Flex, also installs the fused CPU kernels
+/// ([`crate::flex_kernels`]) the first time.
 pub fn device() -> burn::tensor::Device<Backend> {
+    #[cfg(all(feature = "flex", not(any(feature = "wgpu", feature = "cuda"))))]
+    crate::flex_kernels::install();
     Default::default()
 }
 

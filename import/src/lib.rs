@@ -30,6 +30,8 @@ mod vit_loader;
 
 pub mod backend;
 mod config_compat;
+#[cfg(feature = "flex")]
+pub mod flex_kernels;
 pub mod panics;
 pub use config_compat::overlay;
 

@@ -7,6 +7,7 @@
 
 pub mod dmpo;
 pub mod dyt;
+pub mod kernels;
 mod preprocess;
 pub mod vit;
 

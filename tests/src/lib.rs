@@ -2,6 +2,7 @@
 //! `fixtures/make_references.py` implements identically, and a tolerance check.
 
 pub mod formula;
+pub mod parity;
 
 use std::path::PathBuf;
 

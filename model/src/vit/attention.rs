@@ -1,5 +1,6 @@
 use burn::prelude::*;
-use burn::tensor::module::attention;
+
+use crate::kernels::{self, Activation};
 
 /// Multi-head self-attention with one fused `qkv` projection, as timm's `Attention`.
 #[derive(Module, Debug)]
@@ -23,19 +24,11 @@ impl<B: Backend> Attention<B> {
 
     /// `x`: `[B, N, D]` → `[B, N, D]`.
     ///
-    /// Uses Burn's `attention` op (softmax(q·kᵀ/√d)·v), which backends may fuse.
+    /// softmax(q·kᵀ/√d)·v per head: through a backend's fused kernel when it has one (no copies
+    /// to split and merge heads), else Burn's `attention` op (see [`crate::kernels`]).
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        let [b, n, d] = x.dims();
-        let h = self.num_heads;
-        let hd = d / h;
-        let qkv = self.qkv.forward(x).reshape([b, n, 3, h, hd]);
-        let head = |i: usize| {
-            qkv.clone()
-                .narrow(2, i, 1)
-                .reshape([b, n, h, hd])
-                .swap_dims(1, 2)
-        };
-        let out = attention(head(0), head(1), head(2), None, None, Default::default());
-        self.proj.forward(out.swap_dims(1, 2).reshape([b, n, d]))
+        let qkv = kernels::linear(&self.qkv, x, Activation::None);
+        let out = kernels::qkv_attention(qkv, self.num_heads);
+        kernels::linear(&self.proj, out, Activation::None)
     }
 }

@@ -1,5 +1,6 @@
 use burn::prelude::*;
-use burn::tensor::activation::gelu;
+
+use crate::kernels::{self, Activation};
 
 /// Two-layer MLP with exact (erf) GELU, as timm's `Mlp`.
 #[derive(Module, Debug)]
@@ -16,8 +17,10 @@ impl<B: Backend> Mlp<B> {
         }
     }
 
-    /// `x`: `[B, N, D]` → `[B, N, D]`.
+    /// `x`: `[B, N, D]` → `[B, N, D]`; fc1 and its GELU in one pass where the backend has a fused
+    /// linear kernel ([`crate::kernels`]).
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        self.fc2.forward(gelu(self.fc1.forward(x)))
+        let hidden = kernels::linear(&self.fc1, x, Activation::Gelu);
+        kernels::linear(&self.fc2, hidden, Activation::None)
     }
 }
