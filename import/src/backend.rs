@@ -152,7 +152,8 @@ const NO_DEVICE_HINT: &str = if cfg!(feature = "cuda") {
 
 /// Starts the backend on its device with one tiny operation, so that a missing driver or GPU
 /// is one clear error before any work, not a panic from deep inside wgpu or CubeCL. Free on
-/// the CPU backends. Call it once, first thing, in a binary.
+/// the CPU backends (where Flex's fused kernels are installed). Call it once, first thing, in
+/// a binary.
 #[cfg(any(
     feature = "flex",
     feature = "ndarray",
@@ -160,6 +161,8 @@ const NO_DEVICE_HINT: &str = if cfg!(feature = "cuda") {
     feature = "cuda"
 ))]
 pub fn check_device() -> Result<(), DeviceError> {
+    #[cfg(all(feature = "flex", not(any(feature = "wgpu", feature = "cuda"))))]
+    crate::flex_kernels::install();
     if !IS_GPU {
         return Ok(());
     }

@@ -1,6 +1,7 @@
 //! The ViT on Flex with dmpo-import's fused kernels installed (what the binaries run) against
-//! timm, number for number, and the DMPO and DyT models against the composed path. A file of
-//! its own: installing kernels is process-wide, and the other files check the composed path.
+//! timm, number for number, and seeded training through them independent of the thread count.
+//! A file of its own: installing kernels is process-wide, and the other files check the
+//! composed path.
 
 use burn::prelude::*;
 use dmpo_model::kernels;
@@ -36,37 +37,74 @@ fn dinov2_with_registers_matches_timm_with_fused_kernels() {
     check_timm_reference::<FlexBackend>("dinov2_reg4_tiny");
 }
 
-/// The DMPO model with DyT's dispatch (hard gates: real skipping, the MLP on a gathered
-/// `[kept, D]` matrix), fused on Flex against the same weights on `Autodiff<Flex>`, which has no
-/// kernels installed and so runs Burn's composition.
+/// Seeded training stays bit-reproducible for any thread count with the kernels (as it is
+/// with Burn's composition, `flex_determinism.rs`): an attention and an MLP forward and
+/// backward at ViT-S size, in pools of 1, 2 and 3 threads.
 #[test]
-fn dmpo_and_dyt_models_equal_the_composed_path() {
+fn fused_training_does_not_depend_on_the_thread_count() {
     use burn::backend::Autodiff;
-    use burn::module::AutodiffModule;
-    use burn::tensor::Distribution;
-    use dmpo_model::dmpo::DmpoConfig;
-    use dmpo_model::dyt::{Dispatch, DispatchConfig};
-    use dmpo_model::vit::VitConfig;
+    use burn::module::Param;
+    use dmpo_model::vit::{Attention, Mlp};
 
     type AB = Autodiff<FlexBackend>;
     install();
-    assert!(kernels::installed::<AB>().is_none());
-    for dispatch in [None, Some(DispatchConfig::new())] {
-        let dyt = dispatch.is_some();
+    assert!(kernels::installed::<AB>().is_some());
+    // Values from a hash of the index, not the backend's RNG, which other tests share.
+    fn filled<const D: usize>(shape: [usize; D], salt: u32) -> Tensor<AB, D> {
+        let n: usize = shape.iter().product();
+        let data: Vec<f32> = (0..n as u32)
+            .map(|i| {
+                let h = (i ^ salt).wrapping_mul(2_654_435_761).rotate_left(13) ^ salt;
+                (h % 20_001) as f32 / 20_000.0 - 0.5
+            })
+            .collect();
+        Tensor::from_data(TensorData::new(data, shape), &Default::default())
+    }
+    fn set(linear: &mut burn::nn::Linear<AB>, salt: u32) {
+        let [k, m] = linear.weight.dims();
+        linear.weight = Param::from_tensor(filled([k, m], salt));
+        linear.bias = Some(Param::from_tensor(filled([m], salt + 1)));
+    }
+    let step_bits = || {
         let device = Default::default();
-        AB::seed(&device, 3);
-        let composed = DmpoConfig::new(5)
-            .with_dispatch(dispatch)
-            .init(VitConfig::tiny().init::<AB>(&device), &device)
-            .unwrap();
-        let fused = composed.valid();
-        let x = Tensor::<FlexBackend, 4>::random([3, 3, 16, 16], Distribution::Default, &device);
-        let (reference, _) =
-            composed.forward_exits_with(Tensor::from_inner(x.clone()), Dispatch::Hard);
-        let (ours, _) = fused.forward_exits_with(x, Dispatch::Hard);
-        for (i, (a, b)) in ours.into_iter().zip(reference).enumerate() {
-            let worst = (a - b.inner()).abs().max().into_scalar();
-            assert!(worst <= 1e-4, "exit {i} (DyT: {dyt}): {worst}");
+        let mut attention = Attention::<AB>::new(384, 6, true, &device);
+        let mut mlp = Mlp::<AB>::new(384, 1536, &device);
+        for (i, linear) in [
+            &mut attention.qkv,
+            &mut attention.proj,
+            &mut mlp.fc1,
+            &mut mlp.fc2,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            set(linear, 10 * i as u32 + 2);
         }
+        let x = filled([4, 197, 384], 1).require_grad();
+        let out = mlp.forward(attention.forward(x.clone()));
+        let grads = out.clone().powf_scalar(2.0).mean().backward();
+        let mut bits = Vec::new();
+        for t in [
+            out.inner().into_data(),
+            x.grad(&grads).unwrap().into_data(),
+            attention.qkv.weight.grad(&grads).unwrap().into_data(),
+            mlp.fc1.weight.grad(&grads).unwrap().into_data(),
+        ] {
+            bits.extend(t.to_vec::<f32>().unwrap().iter().map(|v| v.to_bits()));
+        }
+        bits
+    };
+    let in_pool = |threads: usize| {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap()
+            .install(step_bits)
+    };
+    let one = in_pool(1);
+    for threads in [2, 3] {
+        let many = in_pool(threads);
+        let differing = one.iter().zip(&many).filter(|(a, b)| a != b).count();
+        assert_eq!(differing, 0, "{threads} threads: {differing} values differ");
     }
 }

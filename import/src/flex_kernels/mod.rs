@@ -6,6 +6,7 @@
 //! leaves them out (the plain Burn composition everywhere), to compare or to rule them out.
 
 mod attention;
+mod autodiff;
 mod linear;
 pub mod math;
 
@@ -23,6 +24,10 @@ pub fn install() {
         kernels::install::<Flex>(Kernels {
             linear: Some(linear::linear),
             qkv_attention: Some(attention::qkv_attention),
+        });
+        kernels::install::<burn_autodiff::Autodiff<Flex>>(Kernels {
+            linear: Some(autodiff::linear),
+            qkv_attention: Some(autodiff::qkv_attention),
         });
     });
 }
@@ -76,9 +81,15 @@ mod tests {
 
     #[test]
     fn fused_linear_equals_burns_composition() {
-        // One row and many (the row split over threads), with and without bias and GELU, a
-        // weight stored transposed (as imported from PyTorch), odd sizes.
-        for (rows, k, m) in [(1, 5, 3), (197, 64, 96), (16 * 50, 48, 130)] {
+        // One row and many (row blocks; one threaded gemm for the last, large weight), with
+        // and without bias and GELU, a weight stored transposed (as imported from PyTorch),
+        // odd sizes.
+        for (rows, k, m) in [
+            (1, 5, 3),
+            (197, 64, 96),
+            (16 * 50, 48, 130),
+            (300, 512, 520),
+        ] {
             let x = random([1, rows, k]);
             let w = random([k, m]);
             let w_transposed = random([m, k]).transpose();
@@ -108,6 +119,100 @@ mod tests {
             let composed = kernels::composed_qkv_attention(qkv, heads);
             let diff = max_abs_diff(fused, composed);
             assert!(diff <= 1e-5, "{b}x{n}x{d}/{heads}: {diff}");
+        }
+    }
+
+    /// Forward and every gradient (x, weight, bias; frozen weight too) of the autodiff kernel
+    /// against Burn's autodiff of the composition.
+    #[test]
+    fn fused_linear_under_autodiff_has_the_composed_gradients() {
+        type AB = burn_autodiff::Autodiff<B>;
+        let leaf = |t: Tensor<B, 3>, grad: bool| {
+            let t = Tensor::<AB, 3>::from_inner(t);
+            if grad { t.require_grad() } else { t }
+        };
+        let (x0, r) = (random([2, 33, 24]), random([2, 33, 40]));
+        let (w0, b0) = (random([24, 40]), random([40]));
+        for act in [Activation::None, Activation::Gelu] {
+            for train_weight in [true, false] {
+                let run = |fused: bool| {
+                    let x = leaf(x0.clone(), true);
+                    let w = Tensor::<AB, 2>::from_inner(w0.clone());
+                    let w = if train_weight { w.require_grad() } else { w };
+                    let b = Tensor::<AB, 1>::from_inner(b0.clone()).require_grad();
+                    let y = if fused {
+                        let out = autodiff::linear(
+                            &x.clone().into_primitive().tensor(),
+                            &w.clone().into_primitive().tensor(),
+                            Some(&b.clone().into_primitive().tensor()),
+                            act,
+                        )
+                        .expect("f32 accepted");
+                        Tensor::<AB, 3>::from_primitive(burn::tensor::TensorPrimitive::Float(out))
+                    } else {
+                        let y = burn::tensor::module::linear(x.clone(), w.clone(), Some(b.clone()));
+                        match act {
+                            Activation::None => y,
+                            Activation::Gelu => burn::tensor::activation::gelu(y),
+                        }
+                    };
+                    let grads = (y.clone() * leaf(r.clone(), false)).sum().backward();
+                    let gw = w.grad(&grads);
+                    assert_eq!(gw.is_some(), train_weight);
+                    (
+                        y.inner(),
+                        x.grad(&grads).unwrap(),
+                        gw,
+                        b.grad(&grads).unwrap(),
+                    )
+                };
+                let (y, gx, gw, gb) = run(true);
+                let (y_ref, gx_ref, gw_ref, gb_ref) = run(false);
+                let what = format!("{act:?}, weight trained: {train_weight}");
+                assert!(max_abs_diff(y, y_ref) <= 1e-5, "output, {what}");
+                assert!(max_abs_diff(gx, gx_ref) <= 1e-4, "x grad, {what}");
+                assert!(
+                    max_abs_diff(gb.unsqueeze::<3>(), gb_ref.unsqueeze()) <= 1e-4,
+                    "bias grad, {what}"
+                );
+                if let (Some(gw), Some(gw_ref)) = (gw, gw_ref) {
+                    assert!(
+                        max_abs_diff(gw.unsqueeze::<3>(), gw_ref.unsqueeze()) <= 1e-4,
+                        "weight grad, {what}"
+                    );
+                }
+            }
+        }
+    }
+
+    /// The attention kernel's gradient against Burn's autodiff of the composition.
+    #[test]
+    fn fused_attention_under_autodiff_has_the_composed_gradient() {
+        type AB = burn_autodiff::Autodiff<B>;
+        for (b, n, d, heads) in [(1, 1, 8, 2), (2, 17, 48, 3), (2, 50, 96, 3)] {
+            let (qkv0, r) = (random([b, n, 3 * d]), random([b, n, d]));
+            let run = |fused: bool| {
+                let qkv = Tensor::<AB, 3>::from_inner(qkv0.clone()).require_grad();
+                let out = if fused {
+                    let out =
+                        autodiff::qkv_attention(&qkv.clone().into_primitive().tensor(), heads)
+                            .expect("f32 accepted");
+                    Tensor::<AB, 3>::from_primitive(burn::tensor::TensorPrimitive::Float(out))
+                } else {
+                    kernels::composed_qkv_attention(qkv.clone(), heads)
+                };
+                let grads = (out.clone() * Tensor::<AB, 3>::from_inner(r.clone()))
+                    .sum()
+                    .backward();
+                (out.inner(), qkv.grad(&grads).unwrap())
+            };
+            let ((out, grad), (out_ref, grad_ref)) = (run(true), run(false));
+            assert!(
+                max_abs_diff(out, out_ref) <= 1e-5,
+                "{b}x{n}x{d}/{heads}: output"
+            );
+            let diff = max_abs_diff(grad, grad_ref);
+            assert!(diff <= 1e-4, "{b}x{n}x{d}/{heads}: gradient {diff}");
         }
     }
 

@@ -1,0 +1,199 @@
+//! The fused kernels under autodiff, for training on `Autodiff<Flex>`.
+//!
+//! Burn's autodiff composes a linear layer from Flex's batched matmul, whose split over
+//! threads is poor at the widths the demo and ViT-Ti/S use (docs/benchmarks.md), and its
+//! backward (`x`'s gradient, the one a frozen backbone needs) is the same kind of product. Here
+//! the forward is [`super::linear`]'s kernel and `x`'s gradient is that kernel again with the
+//! weight transposed (a strided view, no copy); GELU's derivative is one vectorised pass. The
+//! weight and bias gradients (full fine-tuning) are Flex's own. GELU uses libm's exact `erf`
+//! here, as Flex does, so seeded training gives the same weights as the composed path.
+
+use burn::backend::Flex;
+use burn::tensor::ops::{FloatTensor, ModuleOps};
+use burn::tensor::{Bytes, DType};
+use burn_autodiff::checkpoint::base::Checkpointer;
+use burn_autodiff::checkpoint::strategy::NoCheckpointing;
+use burn_autodiff::grads::Gradients;
+use burn_autodiff::ops::{Backward, Ops, OpsKind};
+use burn_autodiff::{Autodiff, NodeId};
+use burn_flex::{FlexTensor, Layout};
+use dmpo_model::kernels::Activation;
+
+use super::math;
+
+type AD = Autodiff<Flex>;
+
+#[derive(Debug)]
+struct FusedLinearBackward;
+
+#[derive(Clone, Debug)]
+struct State {
+    /// `x`, kept when the weight needs a gradient.
+    x: Option<NodeId>,
+    /// The weight, kept when `x` needs a gradient.
+    weight: Option<NodeId>,
+    /// x·W + b before GELU (when there is one), for GELU's derivative.
+    pre_activation: Option<FlexTensor>,
+}
+
+impl<const N: usize> Backward<Flex, N> for FusedLinearBackward {
+    type State = State;
+
+    fn backward(
+        self,
+        ops: Ops<Self::State, N>,
+        grads: &mut Gradients,
+        checkpointer: &mut Checkpointer,
+    ) {
+        let mut grad = grads.consume::<Flex>(&ops.node);
+        if let Some(z) = &ops.state.pre_activation {
+            grad = gelu_backward(z, &grad);
+        }
+        let [node_x, node_weight, node_bias] =
+            [0, 1, 2].map(|i| ops.parents.get(i).cloned().flatten());
+        if let Some(node) = node_weight {
+            let x = checkpointer.retrieve_node_output::<FlexTensor>(ops.state.x.expect("x kept"));
+            grads.register::<Flex>(node.id, Flex::linear_weight_backward(x, grad.clone()));
+        }
+        if let Some(node) = node_bias {
+            grads.register::<Flex>(node.id, Flex::linear_bias_backward(grad.clone()));
+        }
+        if let Some(node) = node_x {
+            let w = checkpointer
+                .retrieve_node_output::<FlexTensor>(ops.state.weight.expect("weight kept"));
+            let dx = super::linear::linear(&grad, &w.transpose(0, 1), None, Activation::None)
+                .unwrap_or_else(|| Flex::linear_x_backward(w, grad));
+            grads.register::<Flex>(node.id, dx);
+        }
+    }
+}
+
+/// `act(x·W + b)` on `Autodiff<Flex>`; `None` where the Flex kernel declines.
+pub fn linear(
+    x: &FloatTensor<AD>,
+    weight: &FloatTensor<AD>,
+    bias: Option<&FloatTensor<AD>>,
+    activation: Activation,
+) -> Option<FloatTensor<AD>> {
+    let z = super::linear::linear(
+        &x.primitive,
+        &weight.primitive,
+        bias.map(|b| &b.primitive),
+        Activation::None,
+    )?;
+    let gelu = activation == Activation::Gelu;
+    let output = |z: &FlexTensor| if gelu { gelu_forward(z) } else { z.clone() };
+    let (x_tracked, weight_tracked) = (x.is_tracked(), weight.is_tracked());
+    macro_rules! run {
+        ($nodes:expr) => {
+            match FusedLinearBackward
+                .prepare::<NoCheckpointing>($nodes)
+                .compute_bound()
+                .stateful()
+            {
+                OpsKind::Tracked(mut prep) => {
+                    let state = State {
+                        x: weight_tracked.then(|| prep.checkpoint(x)),
+                        weight: x_tracked.then(|| prep.checkpoint(weight)),
+                        pre_activation: gelu.then(|| z.clone()),
+                    };
+                    prep.finish(state, output(&z))
+                }
+                OpsKind::UnTracked(prep) => prep.finish(output(&z)),
+            }
+        };
+    }
+    Some(match bias {
+        Some(b) => run!([x.node.clone(), weight.node.clone(), b.node.clone()]),
+        None => run!([x.node.clone(), weight.node.clone()]),
+    })
+}
+
+#[derive(Debug)]
+struct QkvAttentionBackward;
+
+#[derive(Clone, Debug)]
+struct AttentionState {
+    qkv: FlexTensor,
+    /// Every head's softmax probabilities, `[B·H, N, N]`.
+    probs: FlexTensor,
+    heads: usize,
+}
+
+impl Backward<Flex, 1> for QkvAttentionBackward {
+    type State = AttentionState;
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let grad = grads.consume::<Flex>(&ops.node);
+        let [node] = ops.parents;
+        if let Some(node) = node {
+            let s = ops.state;
+            let d_qkv = super::attention::qkv_attention_backward(&s.qkv, &s.probs, &grad, s.heads)
+                .expect("the forward accepted these shapes");
+            grads.register::<Flex>(node.id, d_qkv);
+        }
+    }
+}
+
+/// Attention from `qkv` on `Autodiff<Flex>`: the forward kernel, keeping the probabilities
+/// when a gradient is needed, and a backward that writes `qkv`'s gradient in place (no head
+/// split or merge copies either way). `None` where the Flex kernel declines.
+pub fn qkv_attention(qkv: &FloatTensor<AD>, heads: usize) -> Option<FloatTensor<AD>> {
+    super::attention::dims(&qkv.primitive, heads)?;
+    Some(
+        match QkvAttentionBackward
+            .prepare::<NoCheckpointing>([qkv.node.clone()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let (out, probs) =
+                    super::attention::qkv_attention_keeping_probs(&qkv.primitive, heads)?;
+                let state = AttentionState {
+                    qkv: qkv.primitive.clone(),
+                    probs,
+                    heads,
+                };
+                prep.finish(state, out)
+            }
+            OpsKind::UnTracked(prep) => {
+                prep.finish(super::attention::qkv_attention(&qkv.primitive, heads)?)
+            }
+        },
+    )
+}
+
+fn contiguous_f32(t: &FlexTensor) -> (FlexTensor, Layout) {
+    let t = t.to_contiguous();
+    let layout = Layout::contiguous(t.layout().shape().clone());
+    (t, layout)
+}
+
+/// GELU with libm's `erf`, as Flex's own: bit-identical to the composed path.
+fn gelu_forward(z: &FlexTensor) -> FlexTensor {
+    let (z, layout) = contiguous_f32(z);
+    let mut out = z.as_slice::<f32>().expect("contiguous f32").to_vec();
+    math::map_in_place(&mut out, |v| {
+        0.5 * v * (1.0 + libm::erff(v / std::f32::consts::SQRT_2))
+    });
+    FlexTensor::new(Bytes::from_elems(out), layout, DType::F32)
+}
+
+/// `grad · GELU'(z)`, GELU'(z) = Φ(z) + z·φ(z), in one pass (Flex's formula, libm's `erf`).
+fn gelu_backward(z: &FlexTensor, grad: &FlexTensor) -> FlexTensor {
+    let (z, layout) = contiguous_f32(z);
+    let (grad, _) = contiguous_f32(grad);
+    let inv_sqrt_2pi = 1.0 / (2.0 * std::f32::consts::PI).sqrt();
+    let out: Vec<f32> = z
+        .as_slice::<f32>()
+        .expect("contiguous f32")
+        .iter()
+        .zip(grad.as_slice::<f32>().expect("contiguous f32"))
+        .map(|(&x, &g)| {
+            let cdf = 0.5 * (1.0 + libm::erff(x / std::f32::consts::SQRT_2));
+            let pdf = inv_sqrt_2pi * (-0.5 * x * x).exp();
+            g * (cdf + x * pdf)
+        })
+        .collect();
+    FlexTensor::new(Bytes::from_elems(out), layout, DType::F32)
+}
