@@ -1,9 +1,10 @@
 //! Fused CPU kernels for Burn's Flex backend, installed into the model crate's kernel registry
-//! ([`dmpo_model::kernels`]) so the generic ViT uses them on Flex (inference and evaluation;
-//! training runs on `Autodiff<Flex>`, which keeps Burn's composition and its gradients).
+//! ([`dmpo_model::kernels`]) so the generic ViT uses them on Flex and, with their own backward,
+//! on `Autodiff<Flex>` (training).
 //!
-//! What each buys is measured in docs/benchmarks.md. `DMPO_KERNELS=composed` in the environment
-//! leaves them out (the plain Burn composition everywhere), to compare or to rule them out.
+//! What each buys is measured in docs/benchmarks.md. `DMPO_KERNELS` in the environment chooses:
+//! `composed` (none: Burn's composition everywhere), `linear` or `attention` (that one only);
+//! unset or anything else, both.
 
 mod attention;
 mod autodiff;
@@ -13,21 +14,36 @@ pub mod math;
 use burn::backend::Flex;
 use dmpo_model::kernels::{self, Kernels};
 
-/// Installs the kernels for the process, unless `DMPO_KERNELS=composed`. Idempotent.
+/// Installs the kernels for the process, as `DMPO_KERNELS` says (all by default). Idempotent.
 pub fn install() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
-        if std::env::var("DMPO_KERNELS").is_ok_and(|v| v == "composed") {
+        let choice = std::env::var("DMPO_KERNELS").unwrap_or_default();
+        let (linear, attention) = match choice.as_str() {
+            "composed" => (false, false),
+            "linear" => (true, false),
+            "attention" => (false, true),
+            _ => (true, true),
+        };
+        if !(linear || attention) {
             tracing::info!("DMPO_KERNELS=composed: Flex runs Burn's composed ops");
             return;
         }
+        if !(linear && attention) {
+            tracing::info!(
+                "DMPO_KERNELS={choice}: Flex's fused linear {linear}, attention {attention}"
+            );
+        }
         kernels::install::<Flex>(Kernels {
-            linear: Some(linear::linear),
-            qkv_attention: Some(attention::qkv_attention),
+            linear: linear.then_some(linear::linear as kernels::LinearKernel<Flex>),
+            qkv_attention: attention
+                .then_some(attention::qkv_attention as kernels::QkvAttentionKernel<Flex>),
         });
-        kernels::install::<burn_autodiff::Autodiff<Flex>>(Kernels {
-            linear: Some(autodiff::linear),
-            qkv_attention: Some(autodiff::qkv_attention),
+        type AD = burn_autodiff::Autodiff<Flex>;
+        kernels::install::<AD>(Kernels {
+            linear: linear.then_some(autodiff::linear as kernels::LinearKernel<AD>),
+            qkv_attention: attention
+                .then_some(autodiff::qkv_attention as kernels::QkvAttentionKernel<AD>),
         });
     });
 }
