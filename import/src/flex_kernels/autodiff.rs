@@ -4,9 +4,12 @@
 //! threads is poor at the widths the demo and ViT-Ti/S use (docs/benchmarks.md), and its
 //! backward (`x`'s gradient, the one a frozen backbone needs) is the same kind of product. Here
 //! the forward is [`super::linear`]'s kernel and `x`'s gradient is that kernel again with the
-//! weight transposed (a strided view, no copy); GELU's derivative is one vectorised pass. The
-//! weight and bias gradients (full fine-tuning) are Flex's own. GELU uses libm's exact `erf`
-//! here, as Flex does, so seeded training gives the same weights as the composed path.
+//! weight transposed (a strided view, no copy); GELU's derivative is one pass. The weight and
+//! bias gradients (full fine-tuning) are Flex's own. GELU uses libm's exact `erf` here, as
+//! Flex's own GELU does. Attention's backward writes `qkv`'s gradient in place
+//! ([`super::attention::qkv_attention_backward`]); it rounds differently from Burn's
+//! composition, so seeded training lands on nearby (not identical) weights, the same ones on
+//! any thread count.
 
 use burn::backend::Flex;
 use burn::tensor::ops::{FloatTensor, ModuleOps};
@@ -169,7 +172,7 @@ fn contiguous_f32(t: &FlexTensor) -> (FlexTensor, Layout) {
     (t, layout)
 }
 
-/// GELU with libm's `erf`, as Flex's own: bit-identical to the composed path.
+/// GELU with libm's `erf`, as Flex's own (the same values as Flex's GELU).
 fn gelu_forward(z: &FlexTensor) -> FlexTensor {
     let (z, layout) = contiguous_f32(z);
     let mut out = z.as_slice::<f32>().expect("contiguous f32").to_vec();
