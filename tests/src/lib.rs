@@ -53,3 +53,44 @@ pub fn assert_close(what: &str, ours: &HostTensor, reference: &HostTensor, rel_t
         reference.data[at]
     );
 }
+
+/// A deterministic pseudo-random tensor in [-1, 1] from a hash of the index and `salt`: unlike
+/// the backend's RNG, it is not shared with tests running beside it, nor with thread pools.
+pub fn filled<B: Backend, const D: usize>(
+    shape: [usize; D],
+    salt: u32,
+    device: &B::Device,
+) -> Tensor<B, D> {
+    let n: usize = shape.iter().product();
+    let data: Vec<f32> = (0..n as u32)
+        .map(|i| {
+            let h = (i ^ salt).wrapping_mul(2_654_435_761).rotate_left(13) ^ salt;
+            (h % 20_001) as f32 / 10_000.0 - 1.0
+        })
+        .collect();
+    Tensor::from_data(TensorData::new(data, shape), device)
+}
+
+/// Asserts that `run` gives the same bits in rayon pools of 1, 2 and 3 threads (what Flex
+/// splits over threads must not change a result).
+pub fn assert_same_bits_on_any_thread_count(run: impl Fn() -> Vec<u32> + Send + Sync) {
+    let in_pool = |threads: usize| {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap()
+            .install(&run)
+    };
+    let one = in_pool(1);
+    assert!(one.iter().any(|&b| f32::from_bits(b) != 0.0));
+    for threads in [2, 3] {
+        let many = in_pool(threads);
+        let differing = one.iter().zip(&many).filter(|(a, b)| a != b).count();
+        assert_eq!(
+            differing,
+            0,
+            "{threads} threads: {differing} of {} values differ from 1 thread",
+            one.len()
+        );
+    }
+}

@@ -5,28 +5,11 @@
 //! several threads, in pools of 1, 2 and 3 threads, for bitwise equality.
 
 use burn::backend::Autodiff;
-use burn::prelude::*;
 use burn::tensor::activation::{gelu, softmax};
 use burn::tensor::module::attention;
-use dmpo_tests::FlexBackend;
+use dmpo_tests::{FlexBackend, assert_same_bits_on_any_thread_count, filled};
 
 type B = Autodiff<FlexBackend>;
-
-/// A deterministic pseudo-random tensor (no RNG state shared between pools).
-fn filled<const D: usize>(
-    shape: [usize; D],
-    salt: u32,
-    device: &burn::tensor::Device<B>,
-) -> Tensor<B, D> {
-    let n: usize = shape.iter().product();
-    let data: Vec<f32> = (0..n as u32)
-        .map(|i| {
-            let h = (i ^ salt).wrapping_mul(2_654_435_761).rotate_left(13) ^ salt;
-            (h % 20_001) as f32 / 10_000.0 - 1.0
-        })
-        .collect();
-    Tensor::from_data(TensorData::new(data, shape), device)
-}
 
 /// A forward and backward through the kinds of operations a block and an exit use, returning
 /// every output and gradient as raw bits.
@@ -34,8 +17,8 @@ fn step_bits() -> Vec<u32> {
     let device = Default::default();
     // Token matrices of a ViT-S-sized batch: [4, 197, 384] x [384, 1152] is 340 M MACs per
     // call, far above Flex's threshold for threading a matmul.
-    let x = filled([4, 197, 384], 1, &device).require_grad();
-    let w = filled([384, 1152], 2, &device).require_grad();
+    let x = filled::<B, 3>([4, 197, 384], 1, &device).require_grad();
+    let w = filled::<B, 2>([384, 1152], 2, &device).require_grad();
     let qkv = x.clone().matmul(w.clone().unsqueeze::<3>());
     let heads = |i: usize| {
         qkv.clone()
@@ -63,23 +46,5 @@ fn step_bits() -> Vec<u32> {
 
 #[test]
 fn flex_results_do_not_depend_on_the_thread_count() {
-    let in_pool = |threads: usize| {
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .build()
-            .unwrap()
-            .install(step_bits)
-    };
-    let one = in_pool(1);
-    assert!(one.iter().any(|&b| f32::from_bits(b) != 0.0));
-    for threads in [2, 3] {
-        let many = in_pool(threads);
-        let differing = one.iter().zip(&many).filter(|(a, b)| a != b).count();
-        assert_eq!(
-            differing,
-            0,
-            "{threads} threads: {differing} of {} values differ from 1 thread",
-            one.len()
-        );
-    }
+    assert_same_bits_on_any_thread_count(step_bits);
 }

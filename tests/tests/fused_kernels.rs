@@ -5,8 +5,8 @@
 
 use burn::prelude::*;
 use dmpo_model::kernels;
-use dmpo_tests::FlexBackend;
 use dmpo_tests::parity::{check_pico, check_timm_reference};
+use dmpo_tests::{FlexBackend, assert_same_bits_on_any_thread_count, filled};
 
 fn install() {
     dmpo_import::flex_kernels::install();
@@ -50,20 +50,13 @@ fn fused_training_does_not_depend_on_the_thread_count() {
     install();
     assert!(kernels::installed::<AB>().is_some());
     // Values from a hash of the index, not the backend's RNG, which other tests share.
-    fn filled<const D: usize>(shape: [usize; D], salt: u32) -> Tensor<AB, D> {
-        let n: usize = shape.iter().product();
-        let data: Vec<f32> = (0..n as u32)
-            .map(|i| {
-                let h = (i ^ salt).wrapping_mul(2_654_435_761).rotate_left(13) ^ salt;
-                (h % 20_001) as f32 / 20_000.0 - 0.5
-            })
-            .collect();
-        Tensor::from_data(TensorData::new(data, shape), &Default::default())
+    fn values<const D: usize>(shape: [usize; D], salt: u32) -> Tensor<AB, D> {
+        filled(shape, salt, &Default::default()) * 0.5
     }
     fn set(linear: &mut burn::nn::Linear<AB>, salt: u32) {
         let [k, m] = linear.weight.dims();
-        linear.weight = Param::from_tensor(filled([k, m], salt));
-        linear.bias = Some(Param::from_tensor(filled([m], salt + 1)));
+        linear.weight = Param::from_tensor(values([k, m], salt));
+        linear.bias = Some(Param::from_tensor(values([m], salt + 1)));
     }
     let step_bits = || {
         let device = Default::default();
@@ -80,7 +73,7 @@ fn fused_training_does_not_depend_on_the_thread_count() {
         {
             set(linear, 10 * i as u32 + 2);
         }
-        let x = filled([4, 197, 384], 1).require_grad();
+        let x = values([4, 197, 384], 1).require_grad();
         let out = mlp.forward(attention.forward(x.clone()));
         let grads = out.clone().powf_scalar(2.0).mean().backward();
         let mut bits = Vec::new();
@@ -94,17 +87,5 @@ fn fused_training_does_not_depend_on_the_thread_count() {
         }
         bits
     };
-    let in_pool = |threads: usize| {
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .build()
-            .unwrap()
-            .install(step_bits)
-    };
-    let one = in_pool(1);
-    for threads in [2, 3] {
-        let many = in_pool(threads);
-        let differing = one.iter().zip(&many).filter(|(a, b)| a != b).count();
-        assert_eq!(differing, 0, "{threads} threads: {differing} values differ");
-    }
+    assert_same_bits_on_any_thread_count(step_bits);
 }

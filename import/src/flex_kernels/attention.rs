@@ -26,6 +26,75 @@ impl Output {
     }
 }
 
+/// A matrix operand of [`product`] inside a larger buffer, by its element strides.
+#[derive(Clone, Copy)]
+struct Operand {
+    ptr: *const f32,
+    row_stride: usize,
+    col_stride: usize,
+}
+
+impl Operand {
+    /// Rows `row_stride` apart, each contiguous: a head's q, k or v inside `qkv`, or a scratch
+    /// matrix.
+    fn rows(values: &[f32], row_stride: usize) -> Self {
+        Self {
+            ptr: values.as_ptr(),
+            row_stride,
+            col_stride: 1,
+        }
+    }
+
+    /// The transpose of [`Operand::rows`], read in place (no copy).
+    fn transposed(values: &[f32], row_stride: usize) -> Self {
+        Self {
+            ptr: values.as_ptr(),
+            row_stride: 1,
+            col_stride: row_stride,
+        }
+    }
+}
+
+/// `dst = scale · lhs·rhs` (`m × k` times `k × n`) on this thread, `dst` rows `dst_row_stride`
+/// apart, each contiguous.
+///
+/// # Safety
+/// Every operand, at its strides, and the `m × n` destination lie inside their buffers, and
+/// nothing else writes the destination meanwhile.
+unsafe fn product(
+    (m, n, k): (usize, usize, usize),
+    dst: *mut f32,
+    dst_row_stride: usize,
+    lhs: Operand,
+    rhs: Operand,
+    scale: f32,
+) {
+    // SAFETY: as the caller promised.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst,
+            1,
+            dst_row_stride as isize,
+            false,
+            lhs.ptr,
+            lhs.col_stride as isize,
+            lhs.row_stride as isize,
+            rhs.ptr,
+            rhs.col_stride as isize,
+            rhs.row_stride as isize,
+            0.0,
+            scale,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        )
+    }
+}
+
 /// The shape of a `[B, N, 3·D]` qkv tensor split into `heads`: `(B, N, D, head_dim)`.
 pub(super) fn dims(qkv: &FlexTensor, heads: usize) -> Option<(usize, usize, usize, usize)> {
     let shape = qkv.layout().shape();
@@ -103,52 +172,26 @@ fn head_forward(
     // task writes it.
     unsafe {
         // probs = scale · q·kᵀ (kᵀ: row i is feature i, column j is token j).
-        gemm::gemm(
-            n,
-            n,
-            hd,
+        product(
+            (n, n, hd),
             probs.as_mut_ptr(),
-            1,
-            n as isize,
-            false,
-            q.as_ptr(),
-            1,
-            d3 as isize,
-            k.as_ptr(),
-            d3 as isize,
-            1,
-            0.0,
+            n,
+            Operand::rows(q, d3),
+            Operand::transposed(k, d3),
             scale,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
         );
     }
     for row in probs.chunks_exact_mut(n) {
         math::softmax_in_place(row);
     }
     unsafe {
-        gemm::gemm(
-            n,
-            hd,
-            n,
+        product(
+            (n, hd, n),
             dst.at(item * n * d + head * hd),
-            1,
-            d as isize,
-            false,
-            probs.as_ptr(),
-            1,
-            n as isize,
-            v.as_ptr(),
-            1,
-            d3 as isize,
-            0.0,
+            d,
+            Operand::rows(probs, n),
+            Operand::rows(v, d3),
             1.0,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
         );
     }
 }
@@ -194,48 +237,22 @@ pub fn qkv_attention_backward(
             // writes its head's q, k and v columns of `grad` for its batch item.
             unsafe {
                 // dV = Pᵀ·dO
-                gemm::gemm(
-                    n,
-                    hd,
-                    n,
+                product(
+                    (n, hd, n),
                     dst.at(base + 2 * d),
-                    1,
-                    d3 as isize,
-                    false,
-                    p.as_ptr(),
-                    n as isize,
-                    1,
-                    d_o.as_ptr(),
-                    1,
-                    d as isize,
-                    0.0,
+                    d3,
+                    Operand::transposed(p, n),
+                    Operand::rows(d_o, d),
                     1.0,
-                    false,
-                    false,
-                    false,
-                    gemm::Parallelism::None,
                 );
                 // dP = dO·Vᵀ
-                gemm::gemm(
-                    n,
-                    n,
-                    hd,
+                product(
+                    (n, n, hd),
                     ds.as_mut_ptr(),
-                    1,
-                    n as isize,
-                    false,
-                    d_o.as_ptr(),
-                    1,
-                    d as isize,
-                    v.as_ptr(),
-                    d3 as isize,
-                    1,
-                    0.0,
+                    n,
+                    Operand::rows(d_o, d),
+                    Operand::transposed(v, d3),
                     1.0,
-                    false,
-                    false,
-                    false,
-                    gemm::Parallelism::None,
                 );
             }
             for (ds, p) in ds.chunks_exact_mut(n).zip(p.chunks_exact(n)) {
@@ -246,48 +263,22 @@ pub fn qkv_attention_backward(
             }
             unsafe {
                 // dQ = scale · dS·K
-                gemm::gemm(
-                    n,
-                    hd,
-                    n,
+                product(
+                    (n, hd, n),
                     dst.at(base),
-                    1,
-                    d3 as isize,
-                    false,
-                    ds.as_ptr(),
-                    1,
-                    n as isize,
-                    k.as_ptr(),
-                    1,
-                    d3 as isize,
-                    0.0,
+                    d3,
+                    Operand::rows(ds, n),
+                    Operand::rows(k, d3),
                     scale,
-                    false,
-                    false,
-                    false,
-                    gemm::Parallelism::None,
                 );
                 // dK = scale · dSᵀ·Q
-                gemm::gemm(
-                    n,
-                    hd,
-                    n,
+                product(
+                    (n, hd, n),
                     dst.at(base + d),
-                    1,
-                    d3 as isize,
-                    false,
-                    ds.as_ptr(),
-                    n as isize,
-                    1,
-                    q.as_ptr(),
-                    1,
-                    d3 as isize,
-                    0.0,
+                    d3,
+                    Operand::transposed(ds, n),
+                    Operand::rows(q, d3),
                     scale,
-                    false,
-                    false,
-                    false,
-                    gemm::Parallelism::None,
                 );
             }
         },
