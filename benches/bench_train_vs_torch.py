@@ -17,7 +17,8 @@ full fine-tuning.
     benches/setup.sh                                          # PyTorch, timm, OpenBLAS, perf
     python3 benches/bench_train_vs_torch.py --binaries flex=target/release/dmpo-train
 
-Needs no download: the models are random (speed does not depend on the values).
+Needs no download: the models are random (speed does not depend on the values). `--archs demo`
+times the embedded demo model (28x28 inputs, width 96, 6 blocks) with the demo recipe's exits.
 """
 import argparse
 import csv
@@ -63,14 +64,24 @@ def torch_dmpo(arch, classes):
     import torch.nn as nn
     import torch.nn.functional as F
 
-    vit = timm.create_model(arch, pretrained=False, num_classes=classes)
+    if arch == "demo":
+        # The embedded demo backbone (train/src/pretrain.rs, demo_vit_config) and the demo
+        # recipe's model: exits after blocks 1, 2, 3, 6, covariance heads d' = 32, adapter scale 1.
+        from timm.models.vision_transformer import VisionTransformer
+        vit = VisionTransformer(img_size=28, patch_size=4, embed_dim=96, depth=6, num_heads=3,
+                                mlp_ratio=4.0, global_pool="token", num_classes=classes)
+        exits, cov_dim, adapter_scale = [1, 2, 3, 6], 32, 1.0
+    else:
+        vit = timm.create_model(arch, pretrained=False, num_classes=classes)
+        depth = len(vit.blocks)
+        stages = max(1, min(depth, 4))
+        exits = [-(-depth * k // stages) for k in range(1, stages + 1)]
+        cov_dim, adapter_scale = max(vit.embed_dim // 12, 8), 0.1
     d, depth = vit.embed_dim, len(vit.blocks)
-    stages = max(1, min(depth, 4))
-    exits = [-(-depth * k // stages) for k in range(1, stages + 1)]
     prefix = vit.num_prefix_tokens
 
     class Adapter(nn.Module):
-        def __init__(self, bottleneck=16, scale=0.1):
+        def __init__(self, bottleneck=16, scale=adapter_scale):
             super().__init__()
             self.down, self.up, self.scale = nn.Linear(d, bottleneck), nn.Linear(bottleneck, d), scale
             nn.init.zeros_(self.up.weight)
@@ -94,7 +105,7 @@ def torch_dmpo(arch, classes):
     class CovarianceHead(nn.Module):
         def __init__(self, iterations=5, eps=1e-5):
             super().__init__()
-            r = max(d // 12, 8)
+            r = cov_dim
             self.norm, self.reduce = nn.LayerNorm(d, eps=1e-6), nn.Linear(d, r)
             self.classifier = nn.Linear(r * (r + 1) // 2, classes)
             self.iterations, self.eps = iterations, eps

@@ -3,8 +3,8 @@
 //! The model crate is generic over `B: Backend` and names no backend, yet on a CPU the ViT
 //! forward spends a third of its time outside matrix products: the copies that split `qkv`
 //! into heads and merge them back, the bias add, the GELU pass. A crate that *does* name a
-//! backend (here `dmpo-import`, for Flex) can install faster, fused versions of two building
-//! blocks with [`install`]; [`linear`] and [`qkv_attention`] use them when the tensors' backend
+//! backend (here `dmpo-import`, for Flex) can install faster, fused versions of three building
+//! blocks with [`install`]; [`linear`], [`qkv_attention`] and [`newton_schulz_sqrt`] use them when the tensors' backend
 //! has them installed and the kernel accepts the input, and fall back to the plain Burn
 //! composition otherwise. So every backend gives the same results (to rounding), any Burn app
 //! keeps working with no setup, and autodiff backends (a different type) always take the
@@ -16,7 +16,7 @@ use std::sync::RwLock;
 use burn::nn::Linear;
 use burn::prelude::*;
 use burn::tensor::TensorPrimitive;
-use burn::tensor::activation::gelu;
+use burn::tensor::activation::{gelu, relu};
 use burn::tensor::module::attention;
 
 /// A backend's float tensor, as the kernels take and give it.
@@ -28,6 +28,8 @@ pub enum Activation {
     None,
     /// Exact (erf) GELU, as timm's `Mlp`.
     Gelu,
+    /// max(0, ·), as AdaptFormer's adapter.
+    Relu,
 }
 
 /// `act(x·W + b)` for `x: [.., K]`, `W: [K, M]` (Burn's layout), `b: [M]`. `None`: declined
@@ -44,10 +46,15 @@ pub type LinearKernel<B> = fn(
 /// merged, softmax(q·kᵀ/√d)·v per head. `None`: declined.
 pub type QkvAttentionKernel<B> = fn(&FloatPrimitive<B>, usize) -> Option<FloatPrimitive<B>>;
 
+/// The covariance heads' Newton–Schulz square root, `[B, d, d]` → `[B, d, d]` after the given
+/// number of iterations ([`crate::dmpo::newton_schulz_sqrt`]). `None`: declined.
+pub type NewtonSchulzKernel<B> = fn(&FloatPrimitive<B>, usize) -> Option<FloatPrimitive<B>>;
+
 /// The fused kernels of one backend; a missing one is composed from Burn ops.
 pub struct Kernels<B: Backend> {
     pub linear: Option<LinearKernel<B>>,
     pub qkv_attention: Option<QkvAttentionKernel<B>>,
+    pub newton_schulz: Option<NewtonSchulzKernel<B>>,
 }
 
 impl<B: Backend> Clone for Kernels<B> {
@@ -104,7 +111,19 @@ pub fn linear<B: Backend, const D: usize>(
     match activation {
         Activation::None => y,
         Activation::Gelu => gelu(y),
+        Activation::Relu => relu(y),
     }
+}
+
+/// The Newton–Schulz square root of each `[d, d]` matrix of `a`, fused when the backend has
+/// the kernel ([`crate::dmpo::newton_schulz_sqrt`] otherwise).
+pub fn newton_schulz_sqrt<B: Backend>(a: Tensor<B, 3>, iterations: usize) -> Tensor<B, 3> {
+    if let Some(kernel) = installed::<B>().and_then(|k| k.newton_schulz)
+        && let Some(out) = kernel(&float(&a), iterations)
+    {
+        return Tensor::from_primitive(TensorPrimitive::Float(out));
+    }
+    crate::dmpo::newton_schulz_sqrt(a, iterations)
 }
 
 /// Self-attention from the output of a fused `qkv` projection `[B, N, 3·D]` → `[B, N, D]`.
@@ -171,6 +190,7 @@ mod tests {
         install::<B>(Kernels {
             linear: Some(doubling_linear),
             qkv_attention: None,
+            newton_schulz: None,
         });
         let fused = linear(&layer, x.clone(), Activation::None);
         fused
@@ -182,6 +202,7 @@ mod tests {
         install::<B>(Kernels {
             linear: Some(declining_linear),
             qkv_attention: None,
+            newton_schulz: None,
         });
         linear(&layer, x.clone(), Activation::None)
             .to_data()

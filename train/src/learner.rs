@@ -86,6 +86,9 @@ pub enum TrainError {
     /// The devices cannot share the batch.
     #[error("{0}")]
     Devices(String),
+    /// A recipe setting that cannot work (named in the message).
+    #[error("{0}")]
+    Config(String),
     /// A checkpoint to resume from that does not fit the model being trained.
     #[error(
         "cannot resume from {}: {reason}. It was written by another version of dmpo-burn or \

@@ -9,6 +9,7 @@ use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 use dmpo_infer::data::ImageDataset;
 use dmpo_model::Preprocess;
+use dmpo_model::dmpo::LinearHead;
 use dmpo_model::vit::{GlobalPool, VisionTransformer, VitConfig};
 
 use crate::batcher::ExitBatch;
@@ -50,6 +51,13 @@ pub struct PretrainConfig {
     /// The backbone the weights start from (a second stage); `None`: random initialisation.
     #[config(default = "None")]
     pub init: Option<String>,
+    /// Deep supervision: blocks (counted from 1, before the last) after which an auxiliary
+    /// classifier (LayerNorm + linear on the class token) also learns the labels while
+    /// pretraining, so those blocks' features are discriminative on their own (as in
+    /// multi-exit networks trained end to end). The heads are dropped afterwards: the backbone
+    /// ships as a plain ViT. Empty: the head alone.
+    #[config(default = "Vec::new()")]
+    pub aux_exits: Vec<usize>,
     #[config(
         default = "TrainConfig::new().with_epochs(10).with_lr(2e-3).with_min_lr(1e-5).with_warmup_epochs(1).with_weight_decay(0.05).with_batch_size(128).with_min_crop_scale(1.0).with_label_smoothing(0.1)"
     )]
@@ -76,6 +84,20 @@ impl PretrainConfig {
             )
     }
 
+    /// Refuses auxiliary exits outside blocks 1..depth−1, or listed twice or out of order.
+    pub fn validate_aux_exits(&self) -> Result<(), String> {
+        let depth = self.vit.depth;
+        let ordered = self.aux_exits.windows(2).all(|w| w[0] < w[1]);
+        if !ordered || self.aux_exits.iter().any(|&e| e == 0 || e >= depth) {
+            return Err(format!(
+                "auxiliary exits {:?}: each must be a block from 1 to {} (the last block has the                  head), in increasing order",
+                self.aux_exits,
+                depth.saturating_sub(1)
+            ));
+        }
+        Ok(())
+    }
+
     /// The preprocessing the backbone is trained with and ships with: mean = std = 0.5, no crop
     /// margin (the images are brought to the input size whole).
     pub fn preprocess(&self) -> Preprocess {
@@ -83,10 +105,16 @@ impl PretrainConfig {
     }
 }
 
-/// A plain ViT trained end to end with cross-entropy (one "exit": the head).
+/// A plain ViT trained end to end with cross-entropy on its head and, with deep supervision,
+/// on auxiliary heads after earlier blocks (the exits' losses weighted equally).
 #[derive(Module, Debug)]
 pub struct PretrainTrainee<B: Backend> {
     pub vit: VisionTransformer<B>,
+    /// One per auxiliary exit (deep supervision), none otherwise.
+    pub aux_heads: Vec<LinearHead<B>>,
+    /// The blocks (from 1) the auxiliary heads read.
+    #[module(skip)]
+    pub aux_exits: Vec<usize>,
     pub label_smoothing: f64,
     pub weight_decay: f64,
     #[module(skip)]
@@ -95,13 +123,37 @@ pub struct PretrainTrainee<B: Backend> {
 
 impl<B: Backend> PretrainTrainee<B> {
     fn forward_loss(&self, batch: ExitBatch<B>) -> MultiExitOutput<B> {
-        let logits = self.vit.forward(batch.images);
-        let loss = cross_entropy(self.label_smoothing, &logits.device())
-            .forward(logits.clone(), batch.targets.clone());
+        let logits = if self.aux_heads.is_empty() {
+            vec![self.vit.forward(batch.images)]
+        } else {
+            let mut x = self.vit.embed(batch.images);
+            let mut logits = Vec::with_capacity(self.aux_heads.len() + 1);
+            let mut heads = self.aux_exits.iter().zip(&self.aux_heads).peekable();
+            for (i, block) in self.vit.blocks.iter().enumerate() {
+                x = block.forward(x);
+                if let Some((_, head)) = heads.next_if(|(e, _)| **e == i + 1) {
+                    logits.push(head.forward(x.clone()));
+                }
+            }
+            let features = self.vit.pool(self.vit.final_norm(x));
+            logits.push(self.vit.forward_head(features));
+            logits
+        };
+        let ce = cross_entropy(self.label_smoothing, &logits[0].device());
+        let exit_losses: Vec<Tensor<B, 1>> = logits
+            .iter()
+            .map(|l| ce.forward(l.clone(), batch.targets.clone()))
+            .collect();
+        let loss = exit_losses
+            .iter()
+            .zip(&batch.loss_weights)
+            .map(|(l, &w)| l.clone() * w)
+            .reduce(|a, b| a + b)
+            .expect("the head's loss");
         MultiExitOutput {
-            loss: loss.clone(),
-            exit_losses: vec![loss],
-            logits: vec![logits],
+            loss,
+            exit_losses,
+            logits,
             targets: batch.targets,
         }
     }
@@ -148,9 +200,29 @@ pub fn pretrain_on<B: AutodiffBackend>(
     resume_epoch: Option<usize>,
     devices: &[B::Device],
 ) -> Result<VisionTransformer<B::InnerBackend>, TrainError> {
+    config.validate_aux_exits().map_err(TrainError::Config)?;
     let preprocess = config.preprocess();
+    let device = devices.first().ok_or(TrainError::Devices(
+        "no device to train on was given".to_string(),
+    ))?;
+    let v = &config.vit;
+    let aux_heads = config
+        .aux_exits
+        .iter()
+        .map(|_| {
+            LinearHead::new(
+                v.embed_dim,
+                v.num_classes,
+                v.global_pool,
+                v.num_prefix_tokens(),
+                device,
+            )
+        })
+        .collect();
     let trainee = PretrainTrainee {
         vit,
+        aux_heads,
+        aux_exits: config.aux_exits.clone(),
         label_smoothing: config.train.label_smoothing,
         weight_decay: config.train.weight_decay,
         guard: LossGuard::every(config.train.loss_check_every),
@@ -164,7 +236,9 @@ pub fn pretrain_on<B: AutodiffBackend>(
         artifact_dir,
         resume_epoch,
     };
-    let trained = fit(trainee, vec![config.vit.depth], run, devices)?;
+    let mut exits = config.aux_exits.clone();
+    exits.push(config.vit.depth);
+    let trained = fit(trainee, exits, run, devices)?;
     Ok(trained.vit)
 }
 

@@ -102,6 +102,55 @@ fn pretraining_holds_the_tuning_images_apart_and_resumes_to_the_same_weights() {
     );
 }
 
+#[test]
+fn deep_supervision_trains_auxiliary_exits_and_ships_a_plain_backbone() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, demo) = (dir.path().join("data"), dir.path().join("demo"));
+    write_idx(&data, "train", 120, None);
+    write_idx(&data, "t10k", 20, None);
+    write_idx(&demo, "train", 10, None);
+    write_idx(&demo, "t10k", 5, None);
+    let (work, out) = (dir.path().join("work"), dir.path().join("backbone"));
+    let stderr = ok(pretrain(&data, &demo, &work, &out, "1")
+        .args(["--aux-exits", "1,3"])
+        .output()
+        .unwrap());
+    // Every exit is trained and reported: the two auxiliary heads and the backbone's own.
+    assert!(stderr.contains("Loss exit 3"), "{stderr}");
+    assert_eq!(
+        json(&out.join("pretrain.json"))["aux_exits"],
+        serde_json::json!([1, 3])
+    );
+    // The backbone is a plain ViT: the auxiliary heads are not part of it.
+    let plain = dir.path().join("plain");
+    ok(
+        pretrain(&data, &demo, &dir.path().join("work-plain"), &plain, "1")
+            .output()
+            .unwrap(),
+    );
+    let size = |d: &Path| std::fs::metadata(d.join("model.bpk")).unwrap().len();
+    assert_eq!(size(&out), size(&plain));
+
+    // A block that cannot take an auxiliary exit (the last, which has the head) is refused.
+    let output = pretrain(
+        &data,
+        &demo,
+        &dir.path().join("work-bad"),
+        &dir.path().join("bad"),
+        "1",
+    )
+    .args(["--aux-exits", "6"])
+    .output()
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(
+        stderr.contains("auxiliary exits [6]") && !stderr.contains("panicked"),
+        "{stderr}"
+    );
+    assert!(!dir.path().join("bad").exists());
+}
+
 fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
     for entry in std::fs::read_dir(from).unwrap() {

@@ -1,6 +1,11 @@
 //! `dmpo-import`: convert a checkpoint into a dmpo-burn backbone, or run it on a tensor file to
 //! prove the import matches the source framework. Run through `cargo xtask import|forward`.
 
+/// mimalloc keeps freed activation buffers for reuse where glibc's malloc returns them to the
+/// kernel after every layer (see the workspace Cargo.toml).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 

@@ -4,9 +4,10 @@
 //! threads is poor at the widths the demo and ViT-Ti/S use (docs/benchmarks.md), and its
 //! backward (`x`'s gradient, the one a frozen backbone needs) is the same kind of product. Here
 //! the forward is [`super::linear`]'s kernel and `x`'s gradient is that kernel again with the
-//! weight transposed (a strided view, no copy); GELU's derivative is one pass. The weight and
-//! bias gradients (full fine-tuning) are Flex's own. GELU uses libm's exact `erf` here, as
-//! Flex's own GELU does. Attention's backward writes `qkv`'s gradient in place
+//! weight transposed (a strided view, no copy); the activation's derivative is one vectorised
+//! pass. The weight and bias gradients (full fine-tuning) are Flex's own. GELU uses the forward
+//! kernel's rational `erf` (≤ 5e-7 from the exact one; libm's scalar `erff`, which Flex's GELU
+//! calls, was a fifth of the demo's training time). Attention's backward writes `qkv`'s gradient in place
 //! ([`super::attention::qkv_attention_backward`]); it rounds differently from Burn's
 //! composition, so seeded training lands on nearby (not identical) weights, the same ones on
 //! any thread count.
@@ -22,6 +23,8 @@ use burn_autodiff::{Autodiff, NodeId};
 use burn_flex::{FlexTensor, Layout};
 use dmpo_model::kernels::Activation;
 
+use rayon::prelude::*;
+
 use super::math;
 
 type AD = Autodiff<Flex>;
@@ -35,8 +38,9 @@ struct State {
     x: Option<NodeId>,
     /// The weight, kept when `x` needs a gradient.
     weight: Option<NodeId>,
-    /// x·W + b before GELU (when there is one), for GELU's derivative.
+    /// x·W + b before the activation (when there is one), for its derivative.
     pre_activation: Option<FlexTensor>,
+    activation: Activation,
 }
 
 impl<const N: usize> Backward<Flex, N> for FusedLinearBackward {
@@ -50,7 +54,7 @@ impl<const N: usize> Backward<Flex, N> for FusedLinearBackward {
     ) {
         let mut grad = grads.consume::<Flex>(&ops.node);
         if let Some(z) = &ops.state.pre_activation {
-            grad = gelu_backward(z, &grad);
+            grad = activation_backward(z, &grad, ops.state.activation);
         }
         let [node_x, node_weight, node_bias] =
             [0, 1, 2].map(|i| ops.parents.get(i).cloned().flatten());
@@ -84,8 +88,14 @@ pub fn linear(
         bias.map(|b| &b.primitive),
         Activation::None,
     )?;
-    let gelu = activation == Activation::Gelu;
-    let output = |z: &FlexTensor| if gelu { gelu_forward(z) } else { z.clone() };
+    let activated = activation != Activation::None;
+    let output = |z: &FlexTensor| {
+        if activated {
+            activation_forward(z, activation)
+        } else {
+            z.clone()
+        }
+    };
     let (x_tracked, weight_tracked) = (x.is_tracked(), weight.is_tracked());
     macro_rules! run {
         ($nodes:expr) => {
@@ -98,7 +108,8 @@ pub fn linear(
                     let state = State {
                         x: weight_tracked.then(|| prep.checkpoint(x)),
                         weight: x_tracked.then(|| prep.checkpoint(weight)),
-                        pre_activation: gelu.then(|| z.clone()),
+                        pre_activation: activated.then(|| z.clone()),
+                        activation,
                     };
                     prep.finish(state, output(&z))
                 }
@@ -172,31 +183,42 @@ fn contiguous_f32(t: &FlexTensor) -> (FlexTensor, Layout) {
     (t, layout)
 }
 
-/// GELU with libm's `erf`, as Flex's own (the same values as Flex's GELU).
-fn gelu_forward(z: &FlexTensor) -> FlexTensor {
+/// Element-wise passes this long or longer are split over the threads in chunks of this size
+/// (each element is independent, so the split changes no bit).
+const PARALLEL_CHUNK: usize = 1 << 14;
+
+/// The activation applied to `z` (x·W + b), vectorised: GELU with the same rational `erf` as the
+/// forward kernel, so training and inference see one function.
+fn activation_forward(z: &FlexTensor, activation: Activation) -> FlexTensor {
+    fn apply(out: &mut [f32], f: impl Fn(f32) -> f32 + Copy + Sync) {
+        out.par_chunks_mut(PARALLEL_CHUNK)
+            .for_each(|chunk| math::map_in_place(chunk, f));
+    }
     let (z, layout) = contiguous_f32(z);
     let mut out = z.as_slice::<f32>().expect("contiguous f32").to_vec();
-    math::map_in_place(&mut out, |v| {
-        0.5 * v * (1.0 + libm::erff(v / std::f32::consts::SQRT_2))
-    });
+    match activation {
+        Activation::None => {}
+        Activation::Gelu => apply(&mut out, math::gelu),
+        Activation::Relu => apply(&mut out, math::relu),
+    }
     FlexTensor::new(Bytes::from_elems(out), layout, DType::F32)
 }
 
-/// `grad · GELU'(z)`, GELU'(z) = Φ(z) + z·φ(z), in one pass (Flex's formula, libm's `erf`).
-fn gelu_backward(z: &FlexTensor, grad: &FlexTensor) -> FlexTensor {
+/// `grad · act'(z)` in one vectorised pass: GELU'(z) = Φ(z) + z·φ(z); ReLU'(z) = [z > 0].
+fn activation_backward(z: &FlexTensor, grad: &FlexTensor, activation: Activation) -> FlexTensor {
+    fn apply(out: &mut [f32], z: &[f32], f: impl Fn(f32, f32) -> f32 + Copy + Sync) {
+        out.par_chunks_mut(PARALLEL_CHUNK)
+            .zip(z.par_chunks(PARALLEL_CHUNK))
+            .for_each(|(chunk, z)| math::zip_in_place(chunk, z, f));
+    }
     let (z, layout) = contiguous_f32(z);
     let (grad, _) = contiguous_f32(grad);
-    let inv_sqrt_2pi = 1.0 / (2.0 * std::f32::consts::PI).sqrt();
-    let out: Vec<f32> = z
-        .as_slice::<f32>()
-        .expect("contiguous f32")
-        .iter()
-        .zip(grad.as_slice::<f32>().expect("contiguous f32"))
-        .map(|(&x, &g)| {
-            let cdf = 0.5 * (1.0 + libm::erff(x / std::f32::consts::SQRT_2));
-            let pdf = inv_sqrt_2pi * (-0.5 * x * x).exp();
-            g * (cdf + x * pdf)
-        })
-        .collect();
+    let mut out = grad.as_slice::<f32>().expect("contiguous f32").to_vec();
+    let z = z.as_slice::<f32>().expect("contiguous f32");
+    match activation {
+        Activation::None => {}
+        Activation::Gelu => apply(&mut out, z, |g, z| g * math::gelu_derivative(z)),
+        Activation::Relu => apply(&mut out, z, |g, z| if z > 0.0 { g } else { 0.0 }),
+    }
     FlexTensor::new(Bytes::from_elems(out), layout, DType::F32)
 }

@@ -2,8 +2,8 @@
 //!
 //! Burn composes a linear layer as a batched matmul (Flex packs the weight once per batch
 //! item), a broadcast bias add (a second sweep over the output) and, in the MLP, a GELU (a
-//! third, with a scalar `erf`). Here the output rows are first filled with the bias, the
-//! matmul accumulates onto them (gemm's `dst = dst + x·W`), and GELU runs on each thread's rows
+//! third, with a scalar `erf`; the adapters' ReLU likewise). Here the output rows are first filled with the bias, the
+//! matmul accumulates onto them (gemm's `dst = dst + x·W`), and the activation runs on each thread's rows
 //! right after its product, while they are still in cache.
 
 use burn::tensor::{Bytes, DType, Shape};
@@ -106,13 +106,24 @@ pub fn linear(
                 },
             );
         }
-        if activation == Activation::Gelu {
-            if one_gemm {
-                out.par_chunks_mut(ROWS_PER_TASK * m)
-                    .for_each(|rows| math::map_in_place(rows, math::gelu));
-            } else {
-                math::map_in_place(out, math::gelu);
+        // Each function passed as its own type (not a fn pointer), so it inlines and vectorises.
+        fn apply(
+            out: &mut [f32],
+            parallel_rows: Option<usize>,
+            f: impl Fn(f32) -> f32 + Copy + Sync,
+        ) {
+            match parallel_rows {
+                Some(len) => out
+                    .par_chunks_mut(len)
+                    .for_each(|rows| math::map_in_place(rows, f)),
+                None => math::map_in_place(out, f),
             }
+        }
+        let parallel_rows = one_gemm.then_some(ROWS_PER_TASK * m);
+        match activation {
+            Activation::None => {}
+            Activation::Gelu => apply(out, parallel_rows, math::gelu),
+            Activation::Relu => apply(out, parallel_rows, math::relu),
         }
     };
     if tasks == 1 {

@@ -42,6 +42,20 @@ pub fn gelu(x: f32) -> f32 {
     0.5 * x * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2))
 }
 
+/// max(0, x), as a plain function so it can be passed where [`gelu`] is.
+#[inline(always)]
+pub fn relu(x: f32) -> f32 {
+    x.max(0.0)
+}
+
+/// GELU'(x) = Φ(x) + x·φ(x), the factor GELU's backward multiplies the gradient by.
+#[inline(always)]
+pub fn gelu_derivative(x: f32) -> f32 {
+    const INV_SQRT_2PI: f32 = 0.398_942_3;
+    let cdf = 0.5 * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2));
+    cdf + x * INV_SQRT_2PI * exp_nonpositive(-0.5 * x * x)
+}
+
 /// eˣ for x ≤ 0 (softmax after subtracting the row maximum): Cephes' `expf` polynomial after
 /// range reduction by powers of two, ≤ 2 ulp; below -87 it flushes to 0.
 #[inline(always)]
@@ -89,6 +103,31 @@ pub fn map_in_place(values: &mut [f32], f: impl Fn(f32) -> f32 + Copy) {
     }
     for v in values {
         *v = f(*v);
+    }
+}
+
+/// `out[i] = f(out[i], other[i])`, vectorised as [`map_in_place`] is. `other` must be at least
+/// as long as `out`.
+#[inline(always)]
+pub fn zip_in_place(out: &mut [f32], other: &[f32], f: impl Fn(f32, f32) -> f32 + Copy) {
+    let other = &other[..out.len()];
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn avx2(out: &mut [f32], other: &[f32], f: impl Fn(f32, f32) -> f32 + Copy) {
+            for (o, &v) in out.iter_mut().zip(other) {
+                *o = f(*o, v);
+            }
+        }
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            // SAFETY: the CPU has AVX2 and FMA (checked just above).
+            unsafe { avx2(out, other, f) };
+            return;
+        }
+    }
+    for (o, &v) in out.iter_mut().zip(other) {
+        *o = f(*o, v);
     }
 }
 
@@ -172,6 +211,25 @@ mod tests {
         let expected: Vec<f32> = v.iter().map(|&x| gelu(x)).collect();
         map_in_place(&mut v, gelu);
         assert_eq!(v, expected);
+    }
+
+    #[test]
+    fn gelu_derivative_matches_the_exact_definition() {
+        let worst = grid(-10.0, 10.0, 200_000)
+            .map(|x| {
+                let x64 = x as f64;
+                let cdf = 0.5 * (1.0 + libm::erf(x64 / std::f64::consts::SQRT_2));
+                let pdf = (-0.5 * x64 * x64).exp() / (2.0 * std::f64::consts::PI).sqrt();
+                (gelu_derivative(x) as f64 - (cdf + x64 * pdf)).abs()
+            })
+            .fold(0.0, f64::max);
+        assert!(worst <= 2e-6, "gelu' max abs error {worst:e}");
+        let z: Vec<f32> = grid(-3.0, 3.0, 1000).collect();
+        let mut g = vec![2.0f32; z.len()];
+        zip_in_place(&mut g, &z, |g, z| g * gelu_derivative(z));
+        for (g, &z) in g.iter().zip(&z) {
+            assert_eq!(*g, 2.0 * gelu_derivative(z));
+        }
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! ([`dmpo_model::kernels`]) so the generic ViT uses them on Flex and, with their own backward,
 //! on `Autodiff<Flex>` (training).
 //!
+//! Inference also gets the covariance heads' Newton–Schulz iterations as one kernel.
 //! What each buys is measured in docs/benchmarks.md. `DMPO_KERNELS` in the environment chooses:
 //! `composed` (none: Burn's composition everywhere), `linear` or `attention` (that one only);
 //! unset or anything else, both.
@@ -10,6 +11,7 @@ mod attention;
 mod autodiff;
 mod linear;
 pub mod math;
+mod newton_schulz;
 
 use burn::backend::Flex;
 use dmpo_model::kernels::{self, Kernels};
@@ -38,12 +40,16 @@ pub fn install() {
             linear: linear.then_some(linear::linear as kernels::LinearKernel<Flex>),
             qkv_attention: attention
                 .then_some(attention::qkv_attention as kernels::QkvAttentionKernel<Flex>),
+            // With the full set only: the per-kernel choices compare the trunk's two.
+            newton_schulz: (linear && attention)
+                .then_some(newton_schulz::newton_schulz_sqrt as kernels::NewtonSchulzKernel<Flex>),
         });
         type AD = burn_autodiff::Autodiff<Flex>;
         kernels::install::<AD>(Kernels {
             linear: linear.then_some(autodiff::linear as kernels::LinearKernel<AD>),
             qkv_attention: attention
                 .then_some(autodiff::qkv_attention as kernels::QkvAttentionKernel<AD>),
+            newton_schulz: None,
         });
     });
 }
@@ -71,12 +77,19 @@ mod tests {
         b: Option<&Tensor<B, 1>>,
         act: Activation,
     ) -> Tensor<B, 3> {
-        let y = burn::tensor::module::linear(x, w.clone(), b.cloned());
+        activate(burn::tensor::module::linear(x, w.clone(), b.cloned()), act)
+    }
+
+    /// `act(y)` from Burn's own activation ops (on any backend, autodiff included).
+    fn activate<BB: burn::prelude::Backend>(y: Tensor<BB, 3>, act: Activation) -> Tensor<BB, 3> {
         match act {
             Activation::None => y,
             Activation::Gelu => burn::tensor::activation::gelu(y),
+            Activation::Relu => burn::tensor::activation::relu(y),
         }
     }
+
+    const ACTIVATIONS: [Activation; 3] = [Activation::None, Activation::Gelu, Activation::Relu];
 
     fn fused_linear(
         x: &Tensor<B, 3>,
@@ -110,7 +123,7 @@ mod tests {
             let w = random([k, m]);
             let w_transposed = random([m, k]).transpose();
             let b = random([m]);
-            for act in [Activation::None, Activation::Gelu] {
+            for act in ACTIVATIONS {
                 for bias in [None, Some(&b)] {
                     for w in [&w, &w_transposed] {
                         let diff = max_abs_diff(
@@ -121,6 +134,26 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    #[test]
+    fn fused_newton_schulz_equals_the_composition() {
+        // Symmetric PSD matrices with trace 1 (as the covariance head feeds it), odd sizes too.
+        for (b, d, iterations) in [(1, 1, 1), (3, 5, 2), (4, 32, 5), (2, 17, 7)] {
+            let x = random([b, d + 3, d]);
+            let sigma = x.clone().swap_dims(1, 2).matmul(x);
+            let eye = Tensor::<B, 2>::eye(d, &Default::default()).unsqueeze::<3>();
+            let trace = (sigma.clone() * eye).sum_dim(2).sum_dim(1);
+            let a = sigma / trace;
+            let fused =
+                newton_schulz::newton_schulz_sqrt(&a.clone().into_primitive().tensor(), iterations)
+                    .expect("f32 accepted");
+            let fused: Tensor<B, 3> =
+                Tensor::from_primitive(burn::tensor::TensorPrimitive::Float(fused));
+            let composed = dmpo_model::dmpo::newton_schulz_sqrt(a, iterations);
+            let diff = max_abs_diff(fused, composed);
+            assert!(diff <= 1e-5, "{b}x{d}x{d}, {iterations} iterations: {diff}");
         }
     }
 
@@ -149,7 +182,7 @@ mod tests {
         };
         let (x0, r) = (random([2, 33, 24]), random([2, 33, 40]));
         let (w0, b0) = (random([24, 40]), random([40]));
-        for act in [Activation::None, Activation::Gelu] {
+        for act in ACTIVATIONS {
             for train_weight in [true, false] {
                 let run = |fused: bool| {
                     let x = leaf(x0.clone(), true);
@@ -167,10 +200,7 @@ mod tests {
                         Tensor::<AB, 3>::from_primitive(burn::tensor::TensorPrimitive::Float(out))
                     } else {
                         let y = burn::tensor::module::linear(x.clone(), w.clone(), Some(b.clone()));
-                        match act {
-                            Activation::None => y,
-                            Activation::Gelu => burn::tensor::activation::gelu(y),
-                        }
+                        activate(y, act)
                     };
                     let grads = (y.clone() * leaf(r.clone(), false)).sum().backward();
                     let gw = w.grad(&grads);

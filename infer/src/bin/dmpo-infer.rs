@@ -1,6 +1,11 @@
 //! `dmpo-infer`: calibrate exit thresholds for a budget, evaluate the accuracy-vs-cost curve,
 //! classify images with early exit, and benchmark it. Run through `cargo xtask <task>`.
 
+/// mimalloc keeps freed activation buffers for reuse where glibc's malloc returns them to the
+/// kernel after every layer (see the workspace Cargo.toml).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;

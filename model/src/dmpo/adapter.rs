@@ -1,6 +1,7 @@
 use burn::nn::{Linear, LinearConfig};
 use burn::prelude::*;
-use burn::tensor::activation::relu;
+
+use crate::kernels::{self, Activation};
 
 /// AdaptFormer's parallel bottleneck adapter on a block's MLP:
 /// `x + MLP(LN(x)) + s · Up(ReLU(Down(LN(x))))`, sharing the MLP's `LN(x)`.
@@ -26,6 +27,7 @@ impl<B: Backend> Adapter<B> {
 
     /// `normed`: the block's `norm2(x)`, `[B, N, D]` → the branch to add, `[B, N, D]`.
     pub fn forward(&self, normed: Tensor<B, 3>) -> Tensor<B, 3> {
-        self.up.forward(relu(self.down.forward(normed))) * self.scale
+        let hidden = kernels::linear(&self.down, normed, Activation::Relu);
+        kernels::linear(&self.up, hidden, Activation::None) * self.scale
     }
 }

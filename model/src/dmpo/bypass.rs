@@ -1,6 +1,7 @@
 use burn::nn::{LayerNorm, LayerNormConfig, Linear, LinearConfig};
 use burn::prelude::*;
-use burn::tensor::activation::gelu;
+
+use crate::kernels::{self, Activation};
 
 /// The light module between the trunk and an early exit: `z = h + s · Up(GELU(Down(LN(h))))`.
 ///
@@ -29,9 +30,7 @@ impl<B: Backend> Bypass<B> {
 
     /// `h`: the trunk's tokens after the exit's block, `[B, T, D]` → `z`, `[B, T, D]`.
     pub fn forward(&self, h: Tensor<B, 3>) -> Tensor<B, 3> {
-        let branch = self
-            .up
-            .forward(gelu(self.down.forward(self.norm.forward(h.clone()))));
-        h + branch * self.scale
+        let hidden = kernels::linear(&self.down, self.norm.forward(h.clone()), Activation::Gelu);
+        h + kernels::linear(&self.up, hidden, Activation::None) * self.scale
     }
 }

@@ -1,7 +1,8 @@
 use burn::nn::{LayerNorm, LayerNormConfig, Linear, LinearConfig};
 use burn::prelude::*;
 
-use super::{newton_schulz_sqrt, upper_triangle};
+use super::upper_triangle;
+use crate::kernels::{self, Activation};
 
 /// A second-order (covariance) predictor with iSQRT-COV matrix normalisation
 /// (Li et al., CVPR 2018), for the early exits, where a linear head on a shallow class token
@@ -49,19 +50,29 @@ impl<B: Backend> CovarianceHead<B> {
     }
 
     /// The matrix-normalised covariance of the patch tokens: `[B, T, D]` → `[B, d', d']`.
+    ///
+    /// Per-image scalars (the trace) are applied on `[B, d'·d']` views: a row broadcast, which
+    /// Flex vectorises, where a `[B, 1, 1]` one walks the tensor element by element. (Plain
+    /// broadcasts on other backends; the values are the same.)
     pub fn pooled_covariance(&self, tokens: Tensor<B, 3>) -> Tensor<B, 3> {
         let [b, t, _] = tokens.dims();
         let p = self.num_prefix_tokens;
         let n = t - p;
-        let x = self
-            .reduce
-            .forward(self.norm.forward(tokens.narrow(1, p, n)));
-        let centred = x.clone() - x.mean_dim(1);
+        let x = kernels::linear(
+            &self.reduce,
+            self.norm.forward(tokens.narrow(1, p, n)),
+            Activation::None,
+        );
+        // The mean repeated over the tokens, then a same-shape subtraction: Flex walks a
+        // broadcast over the middle dimension element by element (0.9 ms against 0.1 ms here).
+        let centred = x.clone() - x.mean_dim(1).repeat_dim(1, n);
         let sigma = centred.clone().swap_dims(1, 2).matmul(centred) / n as f64;
         let d = sigma.dims()[1];
-        let trace = batch_trace(sigma.clone(), b, d) + self.eps;
-        let a = sigma / trace.clone().reshape([b, 1, 1]);
-        newton_schulz_sqrt(a, self.iterations) * trace.sqrt().reshape([b, 1, 1])
+        let sigma = sigma.reshape([b, d * d]);
+        let trace = batch_trace(sigma.clone(), d) + self.eps;
+        let a = (sigma / trace.clone()).reshape([b, d, d]);
+        let y = kernels::newton_schulz_sqrt(a, self.iterations).reshape([b, d * d]);
+        (y * trace.sqrt()).reshape([b, d, d])
     }
 
     /// `tokens`: `[B, T, D]` (class token first when there is one) → logits `[B, classes]`.
@@ -74,9 +85,11 @@ impl<B: Backend> CovarianceHead<B> {
                     .reshape([b, d]),
             )
         });
-        let logits = self
-            .classifier
-            .forward(upper_triangle(self.pooled_covariance(tokens)));
+        let logits = kernels::linear(
+            &self.classifier,
+            upper_triangle(self.pooled_covariance(tokens)),
+            Activation::None,
+        );
         match cls {
             Some(c) => logits + c,
             None => logits,
@@ -84,8 +97,9 @@ impl<B: Backend> CovarianceHead<B> {
     }
 }
 
-/// Trace of each `[d, d]` matrix: `[B, d, d]` → `[B]`.
-fn batch_trace<B: Backend>(m: Tensor<B, 3>, b: usize, d: usize) -> Tensor<B, 1> {
-    let eye = Tensor::<B, 2>::eye(d, &m.device()).unsqueeze::<3>();
-    (m * eye).reshape([b, d * d]).sum_dim(1).reshape([b])
+/// Trace of each `[d, d]` matrix, flattened: `[B, d·d]` → `[B, 1]`.
+fn batch_trace<B: Backend>(m: Tensor<B, 2>, d: usize) -> Tensor<B, 2> {
+    let diagonal: Vec<i64> = (0..d).map(|i| (i * d + i) as i64).collect();
+    let diagonal = Tensor::<B, 1, Int>::from_data(TensorData::new(diagonal, [d]), &m.device());
+    m.select(1, diagonal).sum_dim(1)
 }

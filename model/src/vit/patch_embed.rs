@@ -1,5 +1,7 @@
 use burn::prelude::*;
 
+use crate::kernels::{self, Activation};
+
 /// Settings of a [`PatchEmbed`].
 #[derive(Debug, Clone)]
 pub struct PatchEmbedConfig {
@@ -40,6 +42,6 @@ impl<B: Backend> PatchEmbed<B> {
             .reshape([b, c, gh, p, gw, p])
             .permute([0, 2, 4, 1, 3, 5])
             .reshape([b, gh * gw, c * p * p]);
-        self.proj.forward(patches)
+        kernels::linear(&self.proj, patches, Activation::None)
     }
 }

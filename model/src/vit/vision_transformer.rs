@@ -68,7 +68,7 @@ impl<B: Backend> VisionTransformer<B> {
         let mut x = self.patch_embed.forward(images);
         let [b, _, d] = x.dims();
         if self.no_embed_class {
-            x = x + self.pos_embed.val();
+            x = add_per_image(x, self.pos_embed.val());
         }
         let mut prefix = Vec::new();
         if let Some(cls) = &self.cls_token {
@@ -85,7 +85,7 @@ impl<B: Backend> VisionTransformer<B> {
         if self.no_embed_class {
             x
         } else {
-            x + self.pos_embed.val()
+            add_per_image(x, self.pos_embed.val())
         }
     }
 
@@ -168,4 +168,13 @@ pub fn pool_tokens<B: Backend>(
             .mean_dim(1)
             .reshape([b, d]),
     }
+}
+
+/// `x + e` for tokens `x: [B, T, D]` and one `[1, T, D]` added to every image, on `[B, T·D]`
+/// views: the same broadcast, but Flex runs a row broadcast of a 2-D tensor vectorised and
+/// walks a 3-D one over its leading dimension element by element (2.9 ms against 0.05 ms for
+/// the demo's batch of 64, half a block).
+pub(crate) fn add_per_image<B: Backend>(x: Tensor<B, 3>, e: Tensor<B, 3>) -> Tensor<B, 3> {
+    let [b, t, d] = x.dims();
+    (x.reshape([b, t * d]) + e.reshape([1, t * d])).reshape([b, t, d])
 }

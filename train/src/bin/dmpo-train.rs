@@ -1,6 +1,11 @@
 //! `dmpo-train`: tune a backbone with DMPO (or the plain multi-exit baseline) on a dataset,
 //! then calibrate and evaluate early exit. Run through `cargo xtask train|compare`.
 
+/// mimalloc keeps freed activation buffers for reuse where glibc's malloc returns them to the
+/// kernel after every layer (see the workspace Cargo.toml).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -19,7 +24,8 @@ use dmpo_model::dyt::DispatchConfig;
 use dmpo_model::vit::preset;
 use dmpo_train::{
     Arm, PixelBaselineConfig, PretrainConfig, SelfDistillation, StepBenchConfig, TrainConfig,
-    Tuning, backbone_accuracy, bench_train_step, exclude_images, pixel_baseline, pretrain, train,
+    Tuning, backbone_accuracy, bench_train_step, demo_vit_config, exclude_images, pixel_baseline,
+    pretrain, train,
 };
 
 type TrainBackend = Autodiff<Backend>;
@@ -83,7 +89,8 @@ enum Command {
     /// a randomly initialised timm architecture; prints one JSON line (images/s, peak memory).
     /// Against PyTorch: `benches/bench_train_vs_torch.py`.
     BenchStep {
-        /// timm architecture name, e.g. vit_base_patch16_224.
+        /// timm architecture name, e.g. vit_base_patch16_224, or `demo`: the embedded demo
+        /// backbone's architecture with the demo recipe's exits and heads.
         #[arg(long)]
         arch: String,
         /// Frozen backbone (DMPO) or full fine-tuning.
@@ -273,12 +280,23 @@ fn run(cli: Cli) -> Result<(), Error> {
             warmup,
             steps,
         } => {
-            let vit = preset(&arch)
-                .ok_or_else(|| format!("`{arch}` is not a timm ViT name this crate knows"))?
-                .with_num_classes(classes);
+            let (vit, dmpo) = if arch == "demo" {
+                // The embedded demo: its backbone's architecture and the demo recipe's model.
+                let mut dmpo = DmpoConfig::new(classes);
+                dmpo.exits = DEMO.exits.to_vec();
+                dmpo.covariance.dim = DEMO.cov_dim;
+                dmpo.adapter =
+                    Some(dmpo_model::dmpo::AdapterConfig::new().with_scale(DEMO.adapter_scale));
+                (demo_vit_config(), dmpo)
+            } else {
+                let vit = preset(&arch).ok_or_else(|| {
+                    format!("`{arch}` is not a timm ViT name this crate knows, nor `demo`")
+                })?;
+                (vit, DmpoConfig::new(classes))
+            };
+            let vit = vit.with_num_classes(classes);
             let device = backend::device();
-            let model =
-                DmpoConfig::new(classes).init(vit.init::<TrainBackend>(&device), &device)?;
+            let model = dmpo.init(vit.init::<TrainBackend>(&device), &device)?;
             let config = StepBenchConfig {
                 batch: batch.max(1),
                 warmup,
@@ -367,6 +385,11 @@ struct PretrainArgs {
     /// Override the recipe's attention heads (they must divide the width).
     #[arg(long)]
     num_heads: Option<usize>,
+    /// Deep supervision: also train an auxiliary classifier after each of these blocks
+    /// (e.g. 1,2,3), dropped once pretraining ends; makes the early blocks' features
+    /// discriminative for early exits.
+    #[arg(long, value_delimiter = ',')]
+    aux_exits: Vec<usize>,
 }
 
 /// Steps between two reads of the NaN guard's summed losses: a read is a device sync on a GPU
@@ -417,11 +440,12 @@ fn run_pretrain(o: &PretrainArgs) -> Result<(), Error> {
             || o.depth.is_some()
             || o.width.is_some()
             || o.num_heads.is_some()
+            || !o.aux_exits.is_empty()
         {
             tracing::warn!(
                 "--resume continues with the saved recipe in {}; --init, --lr, \
                  --warmup-epochs, --epochs, --batch, --per-class, --valid-images, --depth, \
-                 --width and --num-heads are ignored",
+                 --width, --num-heads and --aux-exits are ignored",
                 recipe_path.display()
             );
         }
@@ -473,8 +497,10 @@ fn run_pretrain(o: &PretrainArgs) -> Result<(), Error> {
             .into());
         }
         r.init = o.init.as_ref().map(|p| p.display().to_string());
+        r.aux_exits = o.aux_exits.clone();
         r
     };
+    recipe.validate_aux_exits()?;
     recipe.train.loss_check_every = LOSS_CHECK_EVERY;
     if let Some(w) = o.workers {
         recipe.train.num_workers = w.max(1);

@@ -1,0 +1,86 @@
+//! The Newton–Schulz matrix square root of the covariance heads, one image per task, for Flex.
+//!
+//! Composed from Burn ops, each of the 3T − 3 products is a batched matmul over every image's
+//! small `d' × d'` matrix and each `½(3I − M)` three element-wise sweeps, every one a pass over
+//! the whole batch. Here one task runs all the iterations of one image while its four
+//! `d' × d'` matrices (16 KiB at d' = 32) stay in cache. Inference only: under autodiff the
+//! head keeps Burn's composition, whose gradient Burn derives.
+
+use burn::tensor::{Bytes, DType};
+use burn_flex::{FlexTensor, Layout};
+use rayon::prelude::*;
+
+/// `dst = lhs · rhs` for `d × d` row-major matrices, on this thread.
+fn product(d: usize, dst: &mut [f32], lhs: &[f32], rhs: &[f32]) {
+    // SAFETY: the three slices hold d·d row-major elements each and do not overlap.
+    unsafe {
+        gemm::gemm(
+            d,
+            d,
+            d,
+            dst.as_mut_ptr(),
+            1,
+            d as isize,
+            false,
+            lhs.as_ptr(),
+            1,
+            d as isize,
+            rhs.as_ptr(),
+            1,
+            d as isize,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        )
+    }
+}
+
+/// `m ← ½(3I − m)` for a `d × d` row-major matrix.
+fn half_three_eye_minus(d: usize, m: &mut [f32]) {
+    for (i, v) in m.iter_mut().enumerate() {
+        let eye = if i % (d + 1) == 0 { 3.0 } else { 0.0 };
+        *v = (eye - *v) * 0.5;
+    }
+}
+
+/// The same iterations as `dmpo_model::dmpo::newton_schulz_sqrt`: `a: [B, d, d]` → `[B, d, d]`.
+/// `None` (declined) for other dtypes or shapes.
+pub fn newton_schulz_sqrt(a: &FlexTensor, iterations: usize) -> Option<FlexTensor> {
+    let shape = a.layout().shape();
+    if a.dtype() != DType::F32 || shape.num_dims() != 3 || shape[1] != shape[2] || iterations == 0 {
+        return None;
+    }
+    let d = shape[1];
+    let a = a.to_contiguous();
+    let values = a.as_slice::<f32>()?;
+    let mut out = vec![0.0f32; values.len()];
+    if d > 0 {
+        out.par_chunks_mut(d * d)
+            .zip(values.par_chunks(d * d))
+            .for_each(|(y, a)| {
+                let mut p = a.to_vec();
+                half_three_eye_minus(d, &mut p);
+                product(d, y, a, &p);
+                let mut z = p.clone();
+                let (mut scratch, mut next) = (vec![0.0f32; d * d], vec![0.0f32; d * d]);
+                for i in 1..iterations {
+                    product(d, &mut p, &z, y);
+                    half_three_eye_minus(d, &mut p);
+                    product(d, &mut scratch, y, &p);
+                    y.copy_from_slice(&scratch);
+                    if i + 1 < iterations {
+                        product(d, &mut next, &p, &z);
+                        std::mem::swap(&mut z, &mut next);
+                    }
+                }
+            });
+    }
+    Some(FlexTensor::new(
+        Bytes::from_elems(out),
+        Layout::contiguous(shape.clone()),
+        DType::F32,
+    ))
+}
