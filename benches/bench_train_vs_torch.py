@@ -66,17 +66,18 @@ def torch_dmpo(arch, classes):
 
     if arch == "demo":
         # The embedded demo backbone (train/src/pretrain.rs, demo_vit_config) and the demo
-        # recipe's model: exits after blocks 1, 2, 3, 6, covariance heads d' = 32, adapter scale 1.
+        # recipe's model: exits after blocks 1, 2, 3, 6, covariance heads d' = 32 with the class
+        # token fused (So-ViT), adapter scale 1.
         from timm.models.vision_transformer import VisionTransformer
         vit = VisionTransformer(img_size=28, patch_size=4, embed_dim=96, depth=6, num_heads=3,
                                 mlp_ratio=4.0, global_pool="token", num_classes=classes)
-        exits, cov_dim, adapter_scale = [1, 2, 3, 6], 32, 1.0
+        exits, cov_dim, adapter_scale, fuse_cls = [1, 2, 3, 6], 32, 1.0, True
     else:
         vit = timm.create_model(arch, pretrained=False, num_classes=classes)
         depth = len(vit.blocks)
         stages = max(1, min(depth, 4))
         exits = [-(-depth * k // stages) for k in range(1, stages + 1)]
-        cov_dim, adapter_scale = max(vit.embed_dim // 12, 8), 0.1
+        cov_dim, adapter_scale, fuse_cls = max(vit.embed_dim // 12, 8), 0.1, False
     d, depth = vit.embed_dim, len(vit.blocks)
     prefix = vit.num_prefix_tokens
 
@@ -110,6 +111,7 @@ def torch_dmpo(arch, classes):
             self.classifier = nn.Linear(r * (r + 1) // 2, classes)
             self.iterations, self.eps = iterations, eps
             self.register_buffer("triu", torch.triu_indices(r, r), persistent=False)
+            self.cls = nn.Linear(d, classes) if fuse_cls and prefix > 0 else None
 
         def forward(self, tokens):
             x = self.reduce(self.norm(tokens[:, prefix:]))
@@ -118,12 +120,20 @@ def torch_dmpo(arch, classes):
             sigma = c.transpose(1, 2) @ c / n
             eye = torch.eye(sigma.shape[1], device=x.device).expand_as(sigma)
             trace = sigma.diagonal(dim1=1, dim2=2).sum(1) + self.eps
-            y, z = sigma / trace[:, None, None], eye
-            for _ in range(self.iterations):
+            # The model crate's iterations: Z0 = I not multiplied, the last Z not computed.
+            a = sigma / trace[:, None, None]
+            p = (3 * eye - a) * 0.5
+            y, z = a @ p, p
+            for i in range(1, self.iterations):
                 p = (3 * eye - z @ y) * 0.5
-                y, z = y @ p, p @ z
+                y = y @ p
+                if i + 1 < self.iterations:
+                    z = p @ z
             y = y * trace.sqrt()[:, None, None]
-            return self.classifier(y[:, self.triu[0], self.triu[1]])
+            logits = self.classifier(y[:, self.triu[0], self.triu[1]])
+            if self.cls is not None:
+                logits = logits + self.cls(self.norm(tokens[:, 0]))
+            return logits
 
     class Dmpo(nn.Module):
         def __init__(self):

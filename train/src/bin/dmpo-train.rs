@@ -184,6 +184,11 @@ struct RunArgs {
     /// recipe's on the embedded demo data].
     #[arg(long)]
     cov_dim: Option<usize>,
+    /// Add a linear head on the class token to each covariance head's logits (So-ViT's
+    /// fusion): worth it when the backbone's early class tokens were trained to classify
+    /// (`pretrain --aux-exits`) [default: off; on with the demo recipe].
+    #[arg(long)]
+    fuse_cls: bool,
     /// Use at most this many training images per class (0 = all).
     #[arg(long, default_value_t = 0)]
     per_class: usize,
@@ -285,6 +290,7 @@ fn run(cli: Cli) -> Result<(), Error> {
                 let mut dmpo = DmpoConfig::new(classes);
                 dmpo.exits = DEMO.exits.to_vec();
                 dmpo.covariance.dim = DEMO.cov_dim;
+                dmpo.covariance.fuse_cls = DEMO.fuse_cls;
                 dmpo.adapter =
                     Some(dmpo_model::dmpo::AdapterConfig::new().with_scale(DEMO.adapter_scale));
                 (demo_vit_config(), dmpo)
@@ -644,6 +650,8 @@ struct TuneDefaults {
     adapter_scale: f64,
     /// `None`: width/12, at least 8.
     cov_dim: Option<usize>,
+    /// A linear head on the class token added to each covariance head (`--fuse-cls`).
+    fuse_cls: bool,
     min_crop_scale: f64,
 }
 
@@ -654,19 +662,23 @@ const GENERAL: TuneDefaults = TuneDefaults {
     lr: 1e-3,
     adapter_scale: 0.1,
     cov_dim: None,
+    fuse_cls: false,
     min_crop_scale: 0.35,
 };
 
 /// The embedded demo: its data is small (1,800 training images) and its backbone tiny (6
 /// blocks), so exits start after block 1 (a 30 % budget must be reachable), the covariance heads
 /// get more than width/12 = 8 dimensions, the adapters a full-scale branch (as DyT uses for small
-/// VTAB-1k sets), and crops are off (the backbone saw whole, centred 28×28 images).
+/// VTAB-1k sets), and crops are off (the backbone saw whole, centred 28×28 images). Its
+/// backbone was pretrained with auxiliary class-token classifiers after blocks 1–3 (deep
+/// supervision), so the covariance heads also read the class token (`--fuse-cls`).
 const DEMO: TuneDefaults = TuneDefaults {
     exits: &[1, 2, 3, 6],
     epochs: 10,
     lr: 5e-3,
     adapter_scale: 1.0,
     cov_dim: Some(32),
+    fuse_cls: true,
     min_crop_scale: 1.0,
 };
 
@@ -850,6 +862,7 @@ fn tune(a: &RunArgs, arm: Arm, resume: bool, out: &Path) -> Result<EvalReport, E
         .with_scale(a.adapter_scale.unwrap_or(defaults.adapter_scale));
     let mut dmpo = arm.model_config(classes.len(), info.vit.depth, &exits, adapter, dispatch);
     dmpo.covariance.dim = a.cov_dim.or(defaults.cov_dim);
+    dmpo.covariance.fuse_cls |= a.fuse_cls || defaults.fuse_cls;
     // Seeded before the add-ons are initialised: the same seed gives the same run.
     <TrainBackend as burn::prelude::Backend>::seed(device, a.seed);
     let model: DmpoModel<TrainBackend> = dmpo.init(backbone, device)?;
