@@ -29,6 +29,8 @@ fn set_bias<BB: Backend>(dispatchers: &mut [TokenDispatcher<BB>], value: f32) {
 
 #[test]
 fn dispatchers_forced_open_equal_the_backbone_bit_for_bit() {
+    // Draws weights: not while a seeded test of this file draws.
+    let _rng = common::rng_lock();
     let device = Default::default();
     for class_token in [true, false] {
         let backbone = tiny_vit(class_token).init::<B>(&device);
@@ -57,7 +59,7 @@ fn dispatchers_forced_open_equal_the_backbone_bit_for_bit() {
 #[test]
 fn real_skipping_equals_masking_the_mlp() {
     let device = Default::default();
-    B::seed(&device, 11);
+    let _rng = common::seeded::<B>(&device, 11);
     let backbone = tiny_vit(true).init::<B>(&device);
     let mut model = dyt(5).init(backbone, &device).unwrap();
     // Larger dispatcher weights than the init's, so about half the tokens are skipped.
@@ -108,6 +110,8 @@ fn real_skipping_equals_masking_the_mlp() {
 
 #[test]
 fn shut_dispatchers_still_run_the_class_token_through_the_mlp() {
+    // Draws weights: not while a seeded test of this file draws.
+    let _rng = common::rng_lock();
     let device = Default::default();
     let backbone = tiny_vit(true).init::<B>(&device);
     let mut model = dyt(5).init(backbone, &device).unwrap();
@@ -138,7 +142,7 @@ fn shut_dispatchers_still_run_the_class_token_through_the_mlp() {
 #[test]
 fn the_dispatchers_learn_through_the_straight_through_gate() {
     let device = Default::default();
-    AB::seed(&device, 5);
+    let _rng = common::seeded::<AB>(&device, 5);
     let backbone = tiny_vit(true).init::<AB>(&device);
     let model = dyt(5).init(backbone, &device).unwrap();
     let x = Tensor::<AB, 4>::random([2, 3, 16, 16], Distribution::Default, &device);
@@ -176,6 +180,8 @@ fn the_dispatchers_learn_through_the_straight_through_gate() {
 
 #[test]
 fn an_out_of_range_token_rate_is_refused_at_init() {
+    // Draws weights: not while a seeded test of this file draws.
+    let _rng = common::rng_lock();
     let device = Default::default();
     let backbone = tiny_vit(true).init::<B>(&device);
     let config = DmpoConfig::new(5).with_dispatch(Some(DispatchConfig::new().with_token_rate(1.5)));
@@ -185,6 +191,8 @@ fn an_out_of_range_token_rate_is_refused_at_init() {
 
 #[test]
 fn a_skipped_token_saves_its_mlp_macs() {
+    // Draws weights: not while a seeded test of this file draws.
+    let _rng = common::rng_lock();
     let device = Default::default();
     let backbone = tiny_vit(true).init::<B>(&device);
     let plain = DmpoConfig::new(5).init(backbone.clone(), &device).unwrap();
