@@ -4,11 +4,12 @@
 //! forward spends a third of its time outside matrix products: the copies that split `qkv`
 //! into heads and merge them back, the bias add, the GELU pass. A crate that *does* name a
 //! backend (here `dmpo-import`, for Flex) can install faster, fused versions of three building
-//! blocks with [`install`]; [`linear`], [`qkv_attention`] and [`newton_schulz_sqrt`] use them when the tensors' backend
-//! has them installed and the kernel accepts the input, and fall back to the plain Burn
-//! composition otherwise. So every backend gives the same results (to rounding), any Burn app
-//! keeps working with no setup, and autodiff backends (a different type) always take the
-//! composition, whose gradients Burn derives.
+//! blocks with [`install`]; [`linear`], [`qkv_attention`] and [`newton_schulz_sqrt`] use them
+//! when the tensors' backend has them installed and the kernel accepts the input, and fall back
+//! to the plain Burn composition otherwise. So every backend gives the same results (to
+//! rounding) and any Burn app keeps working with no setup. An autodiff backend is a type of its
+//! own: it takes the composition, whose gradients Burn derives, unless kernels with their own
+//! backward were installed for it (as `dmpo-import` does for `Autodiff<Flex>`).
 
 use std::any::{Any, TypeId};
 use std::sync::RwLock;

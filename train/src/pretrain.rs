@@ -15,7 +15,7 @@ use dmpo_model::vit::{GlobalPool, VisionTransformer, VitConfig};
 use crate::batcher::ExitBatch;
 use crate::metrics::MultiExitOutput;
 use crate::synthetic::{SYNTHETIC_CLASSES, synthetic_dataset};
-use crate::trainee::{cross_entropy, exit_loss_steps};
+use crate::trainee::{cross_entropy, exit_loss_steps, weighted_sum};
 use crate::{LossGuard, LossSchedule, Run, TrainConfig, TrainError, fit};
 
 /// The embedded demo backbone: a ViT for 28×28 inputs (Fashion-MNIST's own size, no resize),
@@ -90,7 +90,8 @@ impl PretrainConfig {
         let ordered = self.aux_exits.windows(2).all(|w| w[0] < w[1]);
         if !ordered || self.aux_exits.iter().any(|&e| e == 0 || e >= depth) {
             return Err(format!(
-                "auxiliary exits {:?}: each must be a block from 1 to {} (the last block has the                  head), in increasing order",
+                "auxiliary exits {:?}: each must be a block from 1 to {} (the last block has the \
+                 head), in increasing order",
                 self.aux_exits,
                 depth.saturating_sub(1)
             ));
@@ -123,33 +124,24 @@ pub struct PretrainTrainee<B: Backend> {
 
 impl<B: Backend> PretrainTrainee<B> {
     fn forward_loss(&self, batch: ExitBatch<B>) -> MultiExitOutput<B> {
-        let logits = if self.aux_heads.is_empty() {
-            vec![self.vit.forward(batch.images)]
-        } else {
-            let mut x = self.vit.embed(batch.images);
-            let mut logits = Vec::with_capacity(self.aux_heads.len() + 1);
-            let mut heads = self.aux_exits.iter().zip(&self.aux_heads).peekable();
-            for (i, block) in self.vit.blocks.iter().enumerate() {
-                x = block.forward(x);
-                if let Some((_, head)) = heads.next_if(|(e, _)| **e == i + 1) {
-                    logits.push(head.forward(x.clone()));
-                }
+        // The blocks as `vit.forward` runs them, with each auxiliary head's logits on the way.
+        let mut x = self.vit.embed(batch.images);
+        let mut logits = Vec::with_capacity(self.aux_heads.len() + 1);
+        let mut heads = self.aux_exits.iter().zip(&self.aux_heads).peekable();
+        for (i, block) in self.vit.blocks.iter().enumerate() {
+            x = block.forward(x);
+            if let Some((_, head)) = heads.next_if(|(e, _)| **e == i + 1) {
+                logits.push(head.forward(x.clone()));
             }
-            let features = self.vit.pool(self.vit.final_norm(x));
-            logits.push(self.vit.forward_head(features));
-            logits
-        };
+        }
+        let features = self.vit.pool(self.vit.final_norm(x));
+        logits.push(self.vit.forward_head(features));
         let ce = cross_entropy(self.label_smoothing, &logits[0].device());
         let exit_losses: Vec<Tensor<B, 1>> = logits
             .iter()
             .map(|l| ce.forward(l.clone(), batch.targets.clone()))
             .collect();
-        let loss = exit_losses
-            .iter()
-            .zip(&batch.loss_weights)
-            .map(|(l, &w)| l.clone() * w)
-            .reduce(|a, b| a + b)
-            .expect("the head's loss");
+        let loss = weighted_sum(&exit_losses, &batch.loss_weights);
         MultiExitOutput {
             loss,
             exit_losses,

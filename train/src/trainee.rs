@@ -77,12 +77,7 @@ impl<B: Backend> Trainee<B> {
                 }
             })
             .collect();
-        let mut loss = exit_losses
-            .iter()
-            .zip(&batch.loss_weights)
-            .map(|(l, &w)| l.clone() * w)
-            .reduce(|a, b| a + b)
-            .expect("at least one exit");
+        let mut loss = weighted_sum(&exit_losses, &batch.loss_weights);
         if let (Some(d), false) = (dispatch, masks.is_empty()) {
             let rates = masks
                 .iter()
@@ -175,6 +170,19 @@ pub trait Guarded {
 }
 
 exit_loss_steps!(Trainee);
+
+/// The multi-exit loss `Σ_k w_k · L_k` (the step's loss weights, one per exit).
+pub(crate) fn weighted_sum<B: Backend>(
+    exit_losses: &[Tensor<B, 1>],
+    weights: &[f32],
+) -> Tensor<B, 1> {
+    exit_losses
+        .iter()
+        .zip(weights)
+        .map(|(l, &w)| l.clone() * w)
+        .reduce(|a, b| a + b)
+        .expect("at least one exit")
+}
 
 /// Cross-entropy with label smoothing `ε` (0 = none).
 pub(crate) fn cross_entropy<B: Backend>(

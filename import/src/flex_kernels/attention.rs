@@ -12,6 +12,7 @@ use burn_flex::{FlexTensor, Layout};
 use rayon::prelude::*;
 
 use super::math;
+use super::product::{Operand, product};
 
 /// A raw output pointer shared by the tasks: each writes only its own head's columns.
 #[derive(Clone, Copy)]
@@ -23,75 +24,6 @@ impl Output {
     fn at(self, offset: usize) -> *mut f32 {
         // SAFETY (of callers): offset is inside the output buffer.
         unsafe { self.0.add(offset) }
-    }
-}
-
-/// A matrix operand of [`product`] inside a larger buffer, by its element strides.
-#[derive(Clone, Copy)]
-struct Operand {
-    ptr: *const f32,
-    row_stride: usize,
-    col_stride: usize,
-}
-
-impl Operand {
-    /// Rows `row_stride` apart, each contiguous: a head's q, k or v inside `qkv`, or a scratch
-    /// matrix.
-    fn rows(values: &[f32], row_stride: usize) -> Self {
-        Self {
-            ptr: values.as_ptr(),
-            row_stride,
-            col_stride: 1,
-        }
-    }
-
-    /// The transpose of [`Operand::rows`], read in place (no copy).
-    fn transposed(values: &[f32], row_stride: usize) -> Self {
-        Self {
-            ptr: values.as_ptr(),
-            row_stride: 1,
-            col_stride: row_stride,
-        }
-    }
-}
-
-/// `dst = scale · lhs·rhs` (`m × k` times `k × n`) on this thread, `dst` rows `dst_row_stride`
-/// apart, each contiguous.
-///
-/// # Safety
-/// Every operand, at its strides, and the `m × n` destination lie inside their buffers, and
-/// nothing else writes the destination meanwhile.
-unsafe fn product(
-    (m, n, k): (usize, usize, usize),
-    dst: *mut f32,
-    dst_row_stride: usize,
-    lhs: Operand,
-    rhs: Operand,
-    scale: f32,
-) {
-    // SAFETY: as the caller promised.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst,
-            1,
-            dst_row_stride as isize,
-            false,
-            lhs.ptr,
-            lhs.col_stride as isize,
-            lhs.row_stride as isize,
-            rhs.ptr,
-            rhs.col_stride as isize,
-            rhs.row_stride as isize,
-            0.0,
-            scale,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
-        )
     }
 }
 

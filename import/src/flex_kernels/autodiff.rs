@@ -7,10 +7,10 @@
 //! weight transposed (a strided view, no copy); the activation's derivative is one vectorised
 //! pass. The weight and bias gradients (full fine-tuning) are Flex's own. GELU uses the forward
 //! kernel's rational `erf` (≤ 5e-7 from the exact one; libm's scalar `erff`, which Flex's GELU
-//! calls, was a fifth of the demo's training time). Attention's backward writes `qkv`'s gradient in place
-//! ([`super::attention::qkv_attention_backward`]); it rounds differently from Burn's
-//! composition, so seeded training lands on nearby (not identical) weights, the same ones on
-//! any thread count.
+//! calls, was a fifth of the demo's training time). Attention's backward writes `qkv`'s
+//! gradient in place ([`super::attention::qkv_attention_backward`]); it rounds differently
+//! from Burn's composition, so seeded training lands on nearby (not identical) weights, the
+//! same ones on any thread count.
 
 use burn::backend::Flex;
 use burn::tensor::ops::{FloatTensor, ModuleOps};

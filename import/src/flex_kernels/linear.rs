@@ -2,9 +2,10 @@
 //!
 //! Burn composes a linear layer as a batched matmul (Flex packs the weight once per batch
 //! item), a broadcast bias add (a second sweep over the output) and, in the MLP, a GELU (a
-//! third, with a scalar `erf`; the adapters' ReLU likewise). Here the output rows are first filled with the bias, the
-//! matmul accumulates onto them (gemm's `dst = dst + x·W`), and the activation runs on each thread's rows
-//! right after its product, while they are still in cache.
+//! third, with a scalar `erf`; the adapters' ReLU likewise). Here the output rows are first
+//! filled with the bias, the matmul accumulates onto them (gemm's `dst = dst + x·W`), and the
+//! activation runs on each thread's rows right after its product, while they are still in
+//! cache.
 
 use burn::tensor::{Bytes, DType, Shape};
 use burn_flex::{FlexTensor, Layout};

@@ -4,14 +4,15 @@
 //!
 //! Inference also gets the covariance heads' Newton–Schulz iterations as one kernel.
 //! What each buys is measured in docs/benchmarks.md. `DMPO_KERNELS` in the environment chooses:
-//! `composed` (none: Burn's composition everywhere), `linear` or `attention` (that one only);
-//! unset or anything else, both.
+//! `composed` (none: Burn's composition everywhere), `linear` or `attention` (that trunk kernel
+//! only, to compare the two); unset or anything else, all of them.
 
 mod attention;
 mod autodiff;
 mod linear;
 pub mod math;
 mod newton_schulz;
+mod product;
 
 use burn::backend::Flex;
 use dmpo_model::kernels::{self, Kernels};

@@ -10,30 +10,21 @@ use burn::tensor::{Bytes, DType};
 use burn_flex::{FlexTensor, Layout};
 use rayon::prelude::*;
 
+use super::product::Operand;
+
 /// `dst = lhs · rhs` for `d × d` row-major matrices, on this thread.
 fn product(d: usize, dst: &mut [f32], lhs: &[f32], rhs: &[f32]) {
-    // SAFETY: the three slices hold d·d row-major elements each and do not overlap.
+    assert!(dst.len() == d * d && lhs.len() == d * d && rhs.len() == d * d);
+    // SAFETY: the three slices hold d·d row-major elements each (checked) and `dst` is borrowed
+    // mutably, so nothing else writes it.
     unsafe {
-        gemm::gemm(
-            d,
-            d,
-            d,
+        super::product::product(
+            (d, d, d),
             dst.as_mut_ptr(),
-            1,
-            d as isize,
-            false,
-            lhs.as_ptr(),
-            1,
-            d as isize,
-            rhs.as_ptr(),
-            1,
-            d as isize,
-            0.0,
+            d,
+            Operand::rows(lhs, d),
+            Operand::rows(rhs, d),
             1.0,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
         )
     }
 }

@@ -862,7 +862,7 @@ fn tune(a: &RunArgs, arm: Arm, resume: bool, out: &Path) -> Result<EvalReport, E
         .with_scale(a.adapter_scale.unwrap_or(defaults.adapter_scale));
     let mut dmpo = arm.model_config(classes.len(), info.vit.depth, &exits, adapter, dispatch);
     dmpo.covariance.dim = a.cov_dim.or(defaults.cov_dim);
-    dmpo.covariance.fuse_cls |= a.fuse_cls || defaults.fuse_cls;
+    dmpo.covariance.fuse_cls = a.fuse_cls || defaults.fuse_cls;
     // Seeded before the add-ons are initialised: the same seed gives the same run.
     <TrainBackend as burn::prelude::Backend>::seed(device, a.seed);
     let model: DmpoModel<TrainBackend> = dmpo.init(backbone, device)?;
