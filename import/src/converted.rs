@@ -75,11 +75,16 @@ pub fn read_backbone_info(dir: &Path) -> Result<BackboneInfo> {
         path: path.clone(),
         source,
     })?;
+    parse_backbone_info(&text, path)
+}
+
+/// Parses and checks the text of a backbone's `config.json`; `path` names it in errors.
+pub fn parse_backbone_info(text: &str, path: PathBuf) -> Result<BackboneInfo> {
     let bad = |e: serde_json::Error| ImportError::Config {
         path: path.clone(),
         reason: format!("not a dmpo-burn backbone config: {e}"),
     };
-    let mut saved: serde_json::Value = serde_json::from_str(&text).map_err(bad)?;
+    let mut saved: serde_json::Value = serde_json::from_str(text).map_err(bad)?;
     // Architecture settings added since the file was written (e.g. register tokens) take their
     // defaults, so older converted backbones keep loading.
     if let Some(vit) = saved.get_mut("vit") {
@@ -113,9 +118,42 @@ pub fn load_backbone<B: Backend>(
             source: std::io::Error::new(std::io::ErrorKind::NotFound, "weights file missing"),
         });
     }
+    let model = load_weights(&info, BurnpackStore::from_file(&weights), &weights, device)?;
+    Ok((info, model))
+}
+
+/// A backbone from the bytes of its two files (`config.json`, `model.bpk`), e.g. embedded in
+/// a binary with `include_bytes!`; `label` names them in errors (say, the folder they came
+/// from).
+pub fn load_backbone_bytes<B: Backend>(
+    config: &[u8],
+    weights: &[u8],
+    label: &Path,
+    device: &B::Device,
+) -> Result<(BackboneInfo, VisionTransformer<B>)> {
+    let config_path = label.join(CONFIG_FILE);
+    let text = std::str::from_utf8(config).map_err(|e| ImportError::Config {
+        path: config_path.clone(),
+        reason: format!("not UTF-8 text: {e}"),
+    })?;
+    let info = parse_backbone_info(text, config_path)?;
+    let store =
+        BurnpackStore::from_bytes(Some(burn::tensor::Bytes::from_bytes_vec(weights.to_vec())));
+    let model = load_weights(&info, store, &label.join(WEIGHTS_FILE), device)?;
+    Ok((info, model))
+}
+
+/// `info`'s architecture with the weights in `store` (every tensor present and of its shape).
+fn load_weights<B: Backend>(
+    info: &BackboneInfo,
+    mut store: BurnpackStore,
+    weights: &Path,
+    device: &B::Device,
+) -> Result<VisionTransformer<B>> {
+    let weights = weights.to_path_buf();
     let mut model = info.vit.init::<B>(device);
     let result = model
-        .load_from(&mut BurnpackStore::from_file(&weights))
+        .load_from(&mut store)
         .map_err(|e| ImportError::Corrupt {
             path: weights.clone(),
             reason: e.to_string(),
@@ -126,7 +164,7 @@ pub fn load_backbone<B: Backend>(
             reason: format!("the weights do not fit the architecture in config.json: {result}"),
         });
     }
-    Ok((info, model))
+    Ok(model)
 }
 
 /// Writes `bytes` to a temporary file beside `path` and renames it into place.

@@ -4,8 +4,6 @@ use std::path::PathBuf;
 /// wrong with it, so a user can fix the input instead of reading a backtrace.
 #[derive(Debug, thiserror::Error)]
 pub enum ImportError {
-    #[error(transparent)]
-    Device(#[from] crate::backend::DeviceError),
     #[error("{path}: cannot read: {source}")]
     Io {
         path: PathBuf,

@@ -194,7 +194,7 @@ fn fold_class_position_for_registers(out: &mut BTreeMap<String, HostTensor>) {
         [1, t, d] if cls.shape == [1, 1, *d] => (*t, *d),
         _ => return, // shapes are checked, and reported, when the model is loaded
     };
-    if crate::infer_config::square_side(tokens.saturating_sub(1)).is_none() {
+    if crate::resample::square_side(tokens.saturating_sub(1)).is_none() {
         return;
     }
     let folded: Vec<f32> = cls

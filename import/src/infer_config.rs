@@ -5,6 +5,7 @@ use dmpo_model::vit::{GlobalPool, VitConfig, preset};
 
 use crate::error::{ImportError, Result};
 use crate::hf_layout::HfConfigHints;
+use crate::resample::square_side;
 use crate::tensor_map::TensorMap;
 
 /// What the user may tell the importer beyond the file.
@@ -157,12 +158,6 @@ pub fn infer_config(
         .with_norm_eps(norm_eps);
     config.validate().map_err(err)?;
     Ok(config)
-}
-
-/// The side of a square grid of `n` positions, if `n` is a (non-zero) square.
-pub(crate) fn square_side(n: usize) -> Option<usize> {
-    let g = (n as f64).sqrt().round() as usize;
-    (g > 0 && g * g == n).then_some(g)
 }
 
 /// The patch grid side the checkpoint's position embedding was trained for, given how many of

@@ -16,7 +16,6 @@
 //! # Ok::<(), dmpo_import::ImportError>(())
 //! ```
 
-pub mod cli;
 mod converted;
 mod error;
 mod hf_layout;
@@ -28,11 +27,7 @@ mod tensor_map;
 mod trained;
 mod vit_loader;
 
-pub mod backend;
 mod config_compat;
-#[cfg(feature = "flex")]
-pub mod flex_kernels;
-pub mod panics;
 pub use config_compat::overlay;
 
 use std::path::Path;
@@ -42,8 +37,8 @@ use dmpo_model::Preprocess;
 use dmpo_model::vit::{VisionTransformer, VitConfig};
 
 pub use converted::{
-    BackboneInfo, CONFIG_FILE, WEIGHTS_FILE, load_backbone, read_backbone_info, save_backbone,
-    sha256_hex, write_atomic,
+    BackboneInfo, CONFIG_FILE, WEIGHTS_FILE, load_backbone, load_backbone_bytes,
+    parse_backbone_info, read_backbone_info, save_backbone, sha256_hex, write_atomic,
 };
 pub use error::{ImportError, Result};
 pub use hf_layout::{HfConfigHints, hf_to_timm, is_hf_layout, read_sidecar_config};
@@ -52,7 +47,10 @@ pub use readers::{
     CheckpointFormat, read_checkpoint, read_tensor_file, sniff_format, write_safetensors,
 };
 pub use tensor_map::{HostTensor, TensorMap};
-pub use trained::{TrainedBinding, backbone_fingerprint, load_trained, read_binding, save_trained};
+pub use trained::{
+    TrainedBinding, backbone_fingerprint, load_trained, load_trained_bytes, read_binding,
+    save_trained,
+};
 pub use vit_loader::load_vit;
 
 /// A checkpoint file read, translated to timm's layout and its architecture inferred.

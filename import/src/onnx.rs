@@ -17,9 +17,8 @@ use onnx_ir::{GraphProto, ModelProto, TensorProto};
 use protobuf::Message;
 
 use crate::error::{ImportError, Result};
-use crate::readers::select_model_tensors;
 use crate::resample::Resampling;
-use crate::tensor_map::{HostTensor, TensorMap};
+use crate::tensor_map::{HostTensor, TensorMap, select_model_tensors};
 
 /// An ONNX file's ViT weights under their state-dict names, with what its graph says beyond them.
 pub struct OnnxVit {

@@ -150,6 +150,12 @@ pub fn resample_pos_embed(
     out
 }
 
+/// The side of a square grid of `n` positions, if `n` is a (non-zero) square.
+pub(crate) fn square_side(n: usize) -> Option<usize> {
+    let g = (n as f64).sqrt().round() as usize;
+    (g > 0 && g * g == n).then_some(g)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

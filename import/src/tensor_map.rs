@@ -114,3 +114,31 @@ fn unsupported_feature_hint(keys: &[String]) -> Option<String> {
         )
     })
 }
+
+/// Training scripts save `{"model": state_dict, "optimizer": ...}` or wrap models in
+/// `DataParallel` (`module.`). Find the prefix under which the position embedding lives, keep only
+/// the tensors under it, and strip it.
+pub(crate) fn select_model_tensors(
+    tensors: BTreeMap<String, HostTensor>,
+) -> BTreeMap<String, HostTensor> {
+    // Longest first, so a Hugging Face `vit.` prefix stays part of the key.
+    const ANCHORS: [&str; 3] = [
+        "vit.embeddings.position_embeddings",
+        "embeddings.position_embeddings",
+        "pos_embed",
+    ];
+    let prefix = tensors.keys().find_map(|k| {
+        ANCHORS
+            .iter()
+            .find_map(|a| k.strip_suffix(a))
+            .filter(|p| p.is_empty() || p.ends_with('.'))
+            .map(str::to_string)
+    });
+    match prefix {
+        Some(p) if !p.is_empty() => tensors
+            .into_iter()
+            .filter_map(|(k, v)| k.strip_prefix(&p).map(|k| (k.to_string(), v)))
+            .collect(),
+        _ => tensors,
+    }
+}

@@ -96,7 +96,12 @@ pub fn read_binding(path: &Path) -> Result<TrainedBinding> {
         path: path.to_path_buf(),
         source,
     })?;
-    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| {
+    parse_binding(&bytes, path)
+}
+
+/// What the bytes of a trained-parts file are bound to; `path` names them in errors.
+fn parse_binding(bytes: &[u8], path: &Path) -> Result<TrainedBinding> {
+    let (_, meta) = safetensors::SafeTensors::read_metadata(bytes).map_err(|e| {
         ImportError::NotACheckpoint {
             path: path.to_path_buf(),
             reason: format!("not a safetensors file: {e}"),
@@ -132,8 +137,21 @@ pub fn read_binding(path: &Path) -> Result<TrainedBinding> {
 
 /// Loads the add-ons in `path` into `model`, after checking that `model`'s backbone is the one
 /// they were trained on.
-pub fn load_trained<B: Backend>(path: &Path, mut model: DmpoModel<B>) -> Result<DmpoModel<B>> {
-    let binding = read_binding(path)?;
+pub fn load_trained<B: Backend>(path: &Path, model: DmpoModel<B>) -> Result<DmpoModel<B>> {
+    let bytes = std::fs::read(path).map_err(|source| ImportError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    load_trained_bytes(bytes, path, model)
+}
+
+/// [`load_trained`] from the file's bytes (e.g. `include_bytes!`); `path` names them in errors.
+pub fn load_trained_bytes<B: Backend>(
+    bytes: Vec<u8>,
+    path: &Path,
+    mut model: DmpoModel<B>,
+) -> Result<DmpoModel<B>> {
+    let binding = parse_binding(&bytes, path)?;
     let found = backbone_fingerprint(&model.backbone);
     if found != binding.backbone_fingerprint {
         return Err(ImportError::Config {
@@ -149,7 +167,7 @@ pub fn load_trained<B: Backend>(path: &Path, mut model: DmpoModel<B>) -> Result<
             ),
         });
     }
-    let mut store = SafetensorsStore::from_file(path)
+    let mut store = SafetensorsStore::from_bytes(Some(bytes))
         .filter(trained_parts_filter())
         .allow_partial(true);
     let result = model

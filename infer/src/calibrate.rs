@@ -208,6 +208,14 @@ impl NextDown for f32 {
 /// Chooses thresholds on a held-out split so the average cost meets `budget`: bisects MSDNet's
 /// `p` for the most expensive (so most accurate) policy that stays within the budget.
 pub fn calibrate(scores: &ExitScores, budget: Budget) -> Result<(ExitPolicy, Simulated), String> {
+    if scores.confidence.is_empty() {
+        // Thresholds chosen on nothing would be 1.0 everywhere and look calibrated.
+        return Err(
+            "no held-out image to calibrate on: every one was unreadable or the \
+                    split is empty"
+                .into(),
+        );
+    }
     let target = budget.macs(scores.full_macs);
     let first = scores.exit_macs().first().copied().unwrap_or(0) as f64;
     let n = scores.confidence.len().max(1) as f64;

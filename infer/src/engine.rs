@@ -2,7 +2,7 @@ use burn::prelude::*;
 use burn::tensor::activation::softmax;
 use serde::{Deserialize, Serialize};
 
-use crate::{ExitPolicy, MultiExit};
+use crate::{ExitPolicy, InferError, MultiExit};
 
 /// One sample's answer.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -23,15 +23,21 @@ pub struct Prediction {
 /// smaller batch that continues. Results come back in input order. Exits whose threshold is 1.0
 /// (never) are not computed at all.
 ///
-/// # Panics
-/// If `policy` does not fit the model (check with [`ExitPolicy::validate`] first).
+/// A policy that does not fit the model (another model's thresholds) or images of a shape the
+/// model does not take are an error before any work, never a panic inside the backend.
 pub fn run_early_exit<B: Backend, M: MultiExit<B>>(
     model: &M,
     images: Tensor<B, 4>,
     policy: &ExitPolicy,
-) -> Vec<Prediction> {
+) -> Result<Vec<Prediction>, InferError> {
     let exits = model.num_exits();
-    policy.validate(exits).expect("exit policy fits the model");
+    policy.validate(exits).map_err(InferError::Policy)?;
+    model
+        .check_input(images.dims())
+        .map_err(|reason| InferError::Input {
+            input: "images".into(),
+            reason,
+        })?;
     let cost = policy.exit_costs(&model.stage_costs());
     let n = images.dims()[0];
     let device = images.device();
@@ -86,9 +92,8 @@ pub fn run_early_exit<B: Backend, M: MultiExit<B>>(
         };
         alive = keep.into_iter().map(|r| alive[r]).collect();
     }
-    done.into_iter()
-        .map(|p| p.expect("the last exit answers every sample"))
-        .collect()
+    // The last exit answers every sample still running, so every slot is filled.
+    Ok(done.into_iter().flatten().collect())
 }
 
 pub(crate) fn argmax(p: &[f32]) -> usize {

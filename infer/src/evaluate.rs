@@ -2,7 +2,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{Budget, ExitPolicy, ExitScores, calibrate, plot_curves, simulate};
+use crate::{Budget, ExitPolicy, ExitScores, calibrate, simulate};
 
 /// One budget: thresholds calibrated on the held-out split, measured on the test split.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -103,8 +103,14 @@ pub fn write_report(dir: &Path, stem: &str, reports: &[EvalReport]) -> std::io::
         }
     }
     write_atomic(&dir.join(format!("{stem}.csv")), csv.as_bytes())?;
-    let svg = plot_curves(reports);
-    write_atomic(&dir.join(format!("{stem}.svg")), svg.as_bytes())
+    // The plot only where the `plot` feature is on (the command line's default; an embedding
+    // app that wants the numbers alone does not build plotters).
+    #[cfg(feature = "plot")]
+    write_atomic(
+        &dir.join(format!("{stem}.svg")),
+        crate::plot_curves(reports).as_bytes(),
+    )?;
+    Ok(())
 }
 
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {

@@ -69,11 +69,16 @@ pub fn read_model_info(dir: &Path) -> Result<ModelInfo, ImportError> {
         path: path.clone(),
         source,
     })?;
+    parse_model_info(&text, path)
+}
+
+/// Parses and checks the text of a `model.json`; `path` names it in errors.
+pub fn parse_model_info(text: &str, path: PathBuf) -> Result<ModelInfo, ImportError> {
     let not_ours = |e: serde_json::Error| ImportError::Config {
         path: path.clone(),
         reason: format!("not a dmpo-burn model description: {e}"),
     };
-    let value: serde_json::Value = serde_json::from_str(&text).map_err(not_ours)?;
+    let value: serde_json::Value = serde_json::from_str(text).map_err(not_ours)?;
     let info: ModelInfo = serde_json::from_value(value.clone()).map_err(not_ours)?;
     let bad = |reason: String| ImportError::Config {
         path: path.clone(),
@@ -148,15 +153,72 @@ pub fn load_model_dir<B: Backend>(
     let info = read_model_info(dir)?;
     let backbone_dir: PathBuf = dir.join(BACKBONE_DIR);
     let (backbone_info, backbone) = load_backbone::<B>(&backbone_dir, device)?;
+    let model = assemble(&info, backbone_info.vit.depth, backbone, dir, device)?;
+    let model = load_trained(&dir.join(TRAINED_FILE), model)?;
+    Ok((info, model))
+}
+
+/// The bytes of a tuned model folder's four files, e.g. embedded in an app's binary:
+///
+/// ```ignore
+/// let bytes = ModelBytes {
+///     model_json: include_bytes!("../model/model.json"),
+///     backbone_config: include_bytes!("../model/backbone/config.json"),
+///     backbone_weights: include_bytes!("../model/backbone/model.bpk"),
+///     trained: include_bytes!("../model/trained.safetensors"),
+/// };
+/// ```
+#[derive(Debug, Clone, Copy)]
+pub struct ModelBytes<'a> {
+    /// `model.json`.
+    pub model_json: &'a [u8],
+    /// `backbone/config.json`.
+    pub backbone_config: &'a [u8],
+    /// `backbone/model.bpk`.
+    pub backbone_weights: &'a [u8],
+    /// `trained.safetensors`.
+    pub trained: &'a [u8],
+}
+
+/// [`load_model_dir`] from the folder's bytes; errors name the files as if they lay in a
+/// folder called `label`.
+pub fn load_model_bytes<B: Backend>(
+    bytes: ModelBytes<'_>,
+    label: &Path,
+    device: &B::Device,
+) -> Result<(ModelInfo, DmpoModel<B>), ImportError> {
+    let path = label.join(MODEL_FILE);
+    let text = std::str::from_utf8(bytes.model_json).map_err(|e| ImportError::Config {
+        path: path.clone(),
+        reason: format!("not UTF-8 text: {e}"),
+    })?;
+    let info = parse_model_info(text, path)?;
+    let (backbone_info, backbone) = dmpo_import::load_backbone_bytes::<B>(
+        bytes.backbone_config,
+        bytes.backbone_weights,
+        &label.join(BACKBONE_DIR),
+        device,
+    )?;
+    let model = assemble(&info, backbone_info.vit.depth, backbone, label, device)?;
+    let model =
+        dmpo_import::load_trained_bytes(bytes.trained.to_vec(), &label.join(TRAINED_FILE), model)?;
+    Ok((info, model))
+}
+
+/// The DMPO structure `info` describes around `backbone`, its saved policy checked against it.
+fn assemble<B: Backend>(
+    info: &ModelInfo,
+    depth: usize,
+    backbone: dmpo_model::vit::VisionTransformer<B>,
+    dir: &Path,
+    device: &B::Device,
+) -> Result<DmpoModel<B>, ImportError> {
     let model = info
         .dmpo
         .init(backbone, device)
         .map_err(|reason| ImportError::Config {
             path: dir.join(MODEL_FILE),
-            reason: format!(
-                "does not fit the backbone ({} blocks): {reason}",
-                backbone_info.vit.depth
-            ),
+            reason: format!("does not fit the backbone ({depth} blocks): {reason}"),
         })?;
     if let Some(policy) = &info.policy {
         policy
@@ -166,6 +228,5 @@ pub fn load_model_dir<B: Backend>(
                 reason,
             })?;
     }
-    let model = load_trained(&dir.join(TRAINED_FILE), model)?;
-    Ok((info, model))
+    Ok(model)
 }

@@ -6,6 +6,10 @@ use dmpo_model::dmpo::{DmpoModel, StageCost};
 /// are set by hand.
 pub trait MultiExit<B: Backend> {
     fn num_exits(&self) -> usize;
+    /// Whether images of shape `[B, C, H, W]` fit the model (the reason if not).
+    fn check_input(&self, _dims: [usize; 4]) -> Result<(), String> {
+        Ok(())
+    }
     /// Images `[B, C, H, W]` → tokens `[B, T, D]`.
     fn embed(&self, images: Tensor<B, 4>) -> Tensor<B, 3>;
     /// Stage `k`'s trunk on any subset of a batch: `[b, T, D]` → `[b, T, D]`.
@@ -28,6 +32,9 @@ pub trait MultiExit<B: Backend> {
 impl<B: Backend> MultiExit<B> for DmpoModel<B> {
     fn num_exits(&self) -> usize {
         DmpoModel::num_exits(self)
+    }
+    fn check_input(&self, dims: [usize; 4]) -> Result<(), String> {
+        self.backbone.check_input(dims)
     }
     fn embed(&self, images: Tensor<B, 4>) -> Tensor<B, 3> {
         DmpoModel::embed(self, images)

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{CurvePoint, EvalReport, plot_curves};
+use crate::{CurvePoint, EvalReport};
 
 /// Mean and sample standard deviation (n − 1; 0 for a single run) of one quantity.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -103,7 +103,7 @@ impl ArmSummary {
     }
 
     /// The mean curve, as an [`EvalReport`] for plotting beside the others.
-    fn mean_report(&self) -> EvalReport {
+    pub fn mean_report(&self) -> EvalReport {
         let point = |b: &BudgetSummary| CurvePoint {
             budget_fraction: b.budget_fraction,
             policy: crate::ExitPolicy::full_depth(1),
@@ -187,8 +187,15 @@ pub fn write_summary(dir: &Path, arms: &[ArmSummary], fractions: &[f64]) -> std:
         &dir.join("summary.md"),
         summary_table(arms, fractions).as_bytes(),
     )?;
-    let means: Vec<EvalReport> = arms.iter().map(ArmSummary::mean_report).collect();
-    crate::evaluate::write_atomic(&dir.join("summary.svg"), plot_curves(&means).as_bytes())
+    #[cfg(feature = "plot")]
+    {
+        let means: Vec<EvalReport> = arms.iter().map(ArmSummary::mean_report).collect();
+        crate::evaluate::write_atomic(
+            &dir.join("summary.svg"),
+            crate::plot_curves(&means).as_bytes(),
+        )?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

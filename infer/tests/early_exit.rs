@@ -102,7 +102,7 @@ fn each_sample_leaves_where_it_is_confident_in_input_order_at_its_analytic_cost(
         criterion: Criterion::MaxProb,
         thresholds: vec![0.9, 0.9],
     };
-    let preds = run_early_exit(&model, ids(&device), &policy);
+    let preds = run_early_exit(&model, ids(&device), &policy).unwrap();
     let cost = [110, 220, 321];
     for (i, p) in preds.iter().enumerate() {
         let k = CONFIDENT_AT[i];
@@ -119,6 +119,7 @@ fn each_sample_leaves_where_it_is_confident_in_input_order_at_its_analytic_cost(
             thresholds: vec![0.8, 0.8],
         };
         let exits: Vec<usize> = run_early_exit(&model, ids(&device), &policy)
+            .unwrap()
             .iter()
             .map(|p| p.exit)
             .collect();
@@ -130,7 +131,7 @@ fn each_sample_leaves_where_it_is_confident_in_input_order_at_its_analytic_cost(
 fn thresholds_at_one_run_everyone_to_the_last_exit_without_the_early_heads() {
     let device = Default::default();
     let model = Scripted::new(&device);
-    let preds = run_early_exit(&model, ids(&device), &ExitPolicy::full_depth(3));
+    let preds = run_early_exit(&model, ids(&device), &ExitPolicy::full_depth(3)).unwrap();
     // Three trunks and the last head only: exits that can never fire are not computed.
     assert!(
         preds.iter().all(|p| p.exit == 2 && p.macs == 301),
@@ -147,7 +148,7 @@ fn an_exit_that_never_fires_is_skipped_and_not_charged() {
         criterion: Criterion::MaxProb,
         thresholds: vec![1.0, 0.9],
     };
-    let preds = run_early_exit(&model, ids(&device), &policy);
+    let preds = run_early_exit(&model, ids(&device), &policy).unwrap();
     assert_eq!(*model.heads_run.borrow(), vec![1, 2]);
     for (i, p) in preds.iter().enumerate() {
         let expected = if CONFIDENT_AT[i] == 1 {
@@ -178,7 +179,7 @@ fn on_a_real_model_full_depth_equals_the_last_exit_and_zero_thresholds_the_first
             .unwrap()
     };
     let last = probs(all[3].clone());
-    let preds = run_early_exit(&model, x.clone(), &ExitPolicy::full_depth(4));
+    let preds = run_early_exit(&model, x.clone(), &ExitPolicy::full_depth(4)).unwrap();
     for (i, p) in preds.iter().enumerate() {
         assert_eq!(p.exit, 3);
         assert_eq!(p.probs, last[i * 5..(i + 1) * 5].to_vec());
@@ -188,7 +189,11 @@ fn on_a_real_model_full_depth_equals_the_last_exit_and_zero_thresholds_the_first
         criterion: Criterion::MaxProb,
         thresholds: vec![0.0; 3],
     };
-    for (i, p) in run_early_exit(&model, x, &eager).iter().enumerate() {
+    for (i, p) in run_early_exit(&model, x, &eager)
+        .unwrap()
+        .iter()
+        .enumerate()
+    {
         assert_eq!(p.exit, 0);
         assert_eq!(p.probs, first[i * 5..(i + 1) * 5].to_vec());
     }
@@ -223,7 +228,7 @@ fn simulation_on_scores_makes_the_engines_decisions() {
     skipping.thresholds[1] = 1.0;
     for policy in [policy, skipping] {
         let sim = simulate(&scores, &policy);
-        let preds = run_early_exit(&model, x.clone(), &policy);
+        let preds = run_early_exit(&model, x.clone(), &policy).unwrap();
         let mut hist = vec![0; 4];
         preds.iter().for_each(|p| hist[p.exit] += 1);
         assert_eq!(hist, sim.exit_histogram, "{policy:?}");
@@ -308,4 +313,12 @@ fn evaluation_writes_a_curve_as_json_csv_and_svg() {
         "{}",
         &svg[..100]
     );
+}
+
+#[test]
+fn calibration_on_no_image_is_refused_rather_than_writing_thresholds_of_one() {
+    let none = synthetic_scores(0, 1);
+    let err = calibrate(&none, Budget::Fraction(0.5)).unwrap_err();
+    assert!(err.contains("no held-out image"), "{err}");
+    assert!(calibrate(&synthetic_scores(50, 1), Budget::Fraction(0.9)).is_ok());
 }

@@ -116,9 +116,12 @@ pub fn linear<B: Backend, const D: usize>(
     }
 }
 
-/// The Newton–Schulz square root of each `[d, d]` matrix of `a`, fused when the backend has
-/// the kernel ([`crate::dmpo::newton_schulz_sqrt`] otherwise).
-pub fn newton_schulz_sqrt<B: Backend>(a: Tensor<B, 3>, iterations: usize) -> Tensor<B, 3> {
+/// The square root of each `[d, d]` matrix of `a` by `iterations` Newton–Schulz steps: what
+/// runs is the fused kernel a backend crate installed for `B` (on Flex,
+/// `dmpo_infer::flex_kernels`' `fused_newton_schulz`, inference only), and otherwise the
+/// reference [`crate::dmpo::newton_schulz_sqrt`], the maths of docs/method.md, which that kernel
+/// is tested against.
+pub fn matrix_sqrt<B: Backend>(a: Tensor<B, 3>, iterations: usize) -> Tensor<B, 3> {
     if let Some(kernel) = installed::<B>().and_then(|k| k.newton_schulz)
         && let Some(out) = kernel(&float(&a), iterations)
     {

@@ -173,6 +173,6 @@ fn the_baseline_has_no_bypass_and_linear_heads() {
     let bad = DmpoConfig::new(5)
         .with_exits(vec![2, 3])
         .init(tiny_vit(true).init::<B>(&device), &device);
-    assert!(bad.unwrap_err().contains("last exit"));
+    assert!(bad.unwrap_err().to_string().contains("last exit"));
     assert_eq!(DmpoConfig::new(5).early_head, EarlyHead::Covariance);
 }

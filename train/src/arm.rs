@@ -7,7 +7,8 @@ use dmpo_model::dyt::DispatchConfig;
 
 use crate::LossSchedule;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum Arm {
     /// DMPO: bypasses, covariance heads at early exits, the two-phase loss weights.
     Dmpo,
@@ -22,11 +23,34 @@ pub enum Arm {
     /// DyT (Dynamic Tuning): adapters, a token dispatcher per block, one exit after the last.
     Dyt,
     /// DMPO's exits with DyT's token dispatch in the trunk.
-    #[value(name = "dmpo+dyt")]
+    #[serde(rename = "dmpo+dyt")]
     DmpoDyt,
 }
 
 impl Arm {
+    /// Every arm, in the order tables list them.
+    pub const ALL: [Arm; 6] = [
+        Arm::Dmpo,
+        Arm::Baseline,
+        Arm::LastExit,
+        Arm::LinearProbe,
+        Arm::Dyt,
+        Arm::DmpoDyt,
+    ];
+
+    /// The name on the command line: `dmpo`, `baseline`, `last-exit`, `linear-probe`, `dyt`,
+    /// `dmpo+dyt`.
+    pub fn key(self) -> &'static str {
+        match self {
+            Arm::Dmpo => "dmpo",
+            Arm::Baseline => "baseline",
+            Arm::LastExit => "last-exit",
+            Arm::LinearProbe => "linear-probe",
+            Arm::Dyt => "dyt",
+            Arm::DmpoDyt => "dmpo+dyt",
+        }
+    }
+
     /// The name in reports and tables.
     pub fn name(self) -> &'static str {
         match self {
@@ -39,15 +63,11 @@ impl Arm {
         }
     }
 
-    /// The output sub-directory.
+    /// The output sub-directory: the key, with no `+` in a file name.
     pub fn dir(self) -> &'static str {
         match self {
-            Arm::Dmpo => "dmpo",
-            Arm::Baseline => "baseline",
-            Arm::LastExit => "last-exit",
-            Arm::LinearProbe => "linear-probe",
-            Arm::Dyt => "dyt",
             Arm::DmpoDyt => "dmpo-dyt",
+            other => other.key(),
         }
     }
 
@@ -106,9 +126,29 @@ impl Arm {
     }
 }
 
+impl std::str::FromStr for Arm {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        Arm::ALL.into_iter().find(|a| a.key() == s).ok_or_else(|| {
+            let keys: Vec<&str> = Arm::ALL.iter().map(|a| a.key()).collect();
+            format!("`{s}` is not a method; choose one of {}", keys.join(", "))
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_arm_parses_back_from_its_key() {
+        for arm in Arm::ALL {
+            assert_eq!(arm.key().parse::<Arm>(), Ok(arm));
+        }
+        let err = "dmpo-dyt".parse::<Arm>().unwrap_err();
+        assert!(err.contains("dmpo+dyt"), "{err}");
+    }
 
     #[test]
     fn single_exit_arms_keep_one_exit_and_the_probe_has_no_adapters() {

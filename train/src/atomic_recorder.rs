@@ -2,7 +2,9 @@
 
 use std::path::{Path, PathBuf};
 
-use burn::record::{FileRecorder, Recorder, RecorderError};
+use burn::record::{
+    FileRecorder, FullPrecisionSettings, NamedMpkFileRecorder, Recorder, RecorderError,
+};
 use burn::tensor::backend::Backend;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -95,6 +97,12 @@ pub fn last_complete_checkpoint(checkpoint_dir: &Path, extension: &str) -> Optio
         })
         .max()
 }
+
+/// The file format of checkpoints, written atomically.
+pub type CheckpointRecorder = AtomicFileRecorder<NamedMpkFileRecorder<FullPrecisionSettings>>;
+
+/// The extension of checkpoint files (`checkpoint/model-<epoch>.mpk`).
+pub const CHECKPOINT_EXTENSION: &str = "mpk";
 
 #[cfg(test)]
 mod tests {

@@ -4,8 +4,6 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use plotters::prelude::*;
-
 /// `(split, epoch, metric) → batch-size-weighted mean`, read from the Learner's
 /// `<artifacts>/<split>/epoch-<n>/<metric>.log` files (`value,batch size` per line).
 pub fn read_epoch_metrics(artifacts: &Path) -> BTreeMap<(String, usize, String), f64> {
@@ -61,9 +59,17 @@ pub fn write_epoch_metrics(artifacts: &Path, out: &Path) -> std::io::Result<()> 
         csv.push_str(&format!("{split},{epoch},{metric},{v:.6}\n"));
     }
     std::fs::write(out.join("metrics.csv"), csv)?;
+    #[cfg(feature = "plot")]
+    std::fs::write(out.join("accuracy.svg"), accuracy_plot(&metrics)?)?;
+    Ok(())
+}
 
+/// The per-exit validation accuracy per epoch, as an SVG document.
+#[cfg(feature = "plot")]
+fn accuracy_plot(metrics: &BTreeMap<(String, usize, String), f64>) -> std::io::Result<String> {
+    use plotters::prelude::*;
     let mut series: BTreeMap<&str, Vec<(f64, f64)>> = BTreeMap::new();
-    for ((split, epoch, metric), v) in &metrics {
+    for ((split, epoch, metric), v) in metrics {
         if split == "valid" && metric.starts_with("Accuracy") {
             series
                 .entry(metric.as_str())
@@ -106,5 +112,5 @@ pub fn write_epoch_metrics(artifacts: &Path, out: &Path) -> std::io::Result<()> 
             .map_err(std::io::Error::other)?;
         root.present().map_err(std::io::Error::other)?;
     }
-    std::fs::write(out.join("accuracy.svg"), svg)
+    Ok(svg)
 }

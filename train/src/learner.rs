@@ -5,7 +5,6 @@ use burn::module::AutodiffModule;
 use burn::optim::AdamWConfig;
 use burn::optim::grad_clipping::GradientClippingConfig;
 use burn::prelude::*;
-use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder};
 use burn::tensor::backend::AutodiffBackend;
 use burn::train::{
     ExecutionStrategy, InferenceStep, Learner, MultiDeviceOptim, SupervisedTraining, TrainStep,
@@ -13,13 +12,14 @@ use burn::train::{
 use dmpo_model::Preprocess;
 use dmpo_model::dmpo::DmpoModel;
 
-use crate::atomic_recorder::AtomicFileRecorder;
+use crate::atomic_recorder::{CHECKPOINT_EXTENSION, CheckpointRecorder};
 use crate::batcher::{EpochWeights, ExitBatch, ExitBatcher};
 use crate::epoch_loader::{EpochCounter, EpochLoader, Split};
 use crate::loss_guard::LossGuard;
 use crate::metrics::{ExitMetric, MultiExitOutput, metric_kinds};
 use crate::resume_check::check_resumable;
 use crate::self_distillation::SelfDistillation;
+use crate::train_error::TrainError;
 use crate::trainee::{Guarded, Trainee};
 use crate::{LossSchedule, WarmupCosine};
 use dmpo_infer::data::ImageDataset;
@@ -28,7 +28,9 @@ use dmpo_infer::transform::Augment;
 /// The optimisation recipe (defaults: DyT / VTAB-1k peers, see `docs/method.md`).
 #[derive(Config, Debug)]
 pub struct TrainConfig {
-    #[config(default = 10)]
+    /// Epochs over the training split (8: the general tuning recipe; `Recipe::Demo` and
+    /// `PretrainConfig` set their own).
+    #[config(default = 8)]
     pub epochs: usize,
     #[config(default = 64)]
     pub batch_size: usize,
@@ -68,47 +70,6 @@ pub struct TrainConfig {
     #[config(default = 0.35)]
     pub min_crop_scale: f64,
 }
-
-/// Why a run did not finish.
-#[derive(Debug, thiserror::Error)]
-pub enum TrainError {
-    /// A NaN or infinite loss: the run stopped before that epoch's checkpoint.
-    #[error(
-        "training stopped in epoch {epoch}: {reason}. {kept} Try a lower learning rate \
-         (--lr) or gradient clipping, then --resume."
-    )]
-    NonFiniteLoss {
-        epoch: usize,
-        reason: String,
-        /// What is left on disk to resume from.
-        kept: String,
-    },
-    /// The devices cannot share the batch.
-    #[error("{0}")]
-    Devices(String),
-    /// A recipe setting that cannot work (named in the message).
-    #[error("{0}")]
-    Config(String),
-    /// A checkpoint to resume from that does not fit the model being trained.
-    #[error(
-        "cannot resume from {}: {reason}. It was written by another version of dmpo-burn or \
-         for another model (method, exits, backbone); start afresh without --resume, or \
-         delete {}",
-        path.display(),
-        dir.display()
-    )]
-    Checkpoint {
-        path: std::path::PathBuf,
-        dir: std::path::PathBuf,
-        reason: String,
-    },
-}
-
-/// The file format of checkpoints, written atomically.
-pub type CheckpointRecorder = AtomicFileRecorder<NamedMpkFileRecorder<FullPrecisionSettings>>;
-
-/// The extension of checkpoint files (`checkpoint/model-<epoch>.mpk`).
-pub const CHECKPOINT_EXTENSION: &str = "mpk";
 
 /// Trains the add-ons of `model` with Burn's Learner: per-exit metrics live, checkpoints of
 /// every epoch under `artifact_dir/checkpoint`, resumable from `resume_epoch`. More than one

@@ -14,7 +14,8 @@ use burn::record::{Record, RecorderError};
 use burn::tensor::backend::AutodiffBackend;
 use burn::train::checkpoint::{Checkpointer, CheckpointerError, FileCheckpointer};
 
-use crate::learner::{CHECKPOINT_EXTENSION, CheckpointRecorder, TrainError};
+use crate::atomic_recorder::{CHECKPOINT_EXTENSION, CheckpointRecorder};
+use crate::train_error::TrainError;
 
 /// Checks the model, optimizer and scheduler checkpoints of `epoch` in `dir` against the run
 /// about to resume from them.
@@ -63,7 +64,7 @@ fn check_restorable<B: Backend, R: Record<B>>(
 /// Whether a model record has this model's layout: as many tensors, of the same shapes.
 fn check_model_fits<B: Backend, M: Module<B>>(model: &M, record: M::Record) -> Result<(), String> {
     let expected = ParamShapes::of(model);
-    let loaded = dmpo_import::panics::quietly(|| model.clone().load_record(record)).map_err(
+    let loaded = dmpo_infer::panics::quietly(|| model.clone().load_record(record)).map_err(
         |_| "its lists of blocks, exits or dispatchers have other lengths than this model's",
     )?;
     let found = ParamShapes::of(&loaded);

@@ -18,13 +18,50 @@ use crate::peak_memory::PeakMemory;
 use crate::{ExitBatch, LossGuard, Trainee};
 
 /// Which parameters train.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Tuning {
     /// Backbone frozen; adapters, bypasses and exit heads train (DMPO).
     Frozen,
     /// Every parameter trains (the cost freezing avoids).
     Full,
+}
+
+impl std::str::FromStr for Tuning {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "frozen" => Ok(Tuning::Frozen),
+            "full" => Ok(Tuning::Full),
+            _ => Err(format!("`{s}` is not a tuning; choose frozen or full")),
+        }
+    }
+}
+
+/// The model `bench-step` times for `arch`: a timm architecture by name with DMPO's default
+/// exits, or `demo`: the embedded demo backbone's architecture with the demo recipe's exits and
+/// heads.
+pub fn bench_model_config(
+    arch: &str,
+    classes: usize,
+) -> Result<(dmpo_model::vit::VitConfig, dmpo_model::dmpo::DmpoConfig), String> {
+    use dmpo_model::dmpo::{AdapterConfig, DmpoConfig};
+    let (vit, dmpo) = if arch == "demo" {
+        let demo = crate::Recipe::Demo.config();
+        let mut dmpo = DmpoConfig::new(classes);
+        dmpo.exits = demo.exits.clone();
+        dmpo.covariance.dim = demo.cov_dim;
+        dmpo.covariance.fuse_cls = demo.fuse_cls;
+        dmpo.adapter = Some(AdapterConfig::new().with_scale(demo.adapter_scale));
+        (crate::demo_vit_config(), dmpo)
+    } else {
+        let vit = dmpo_model::vit::preset(arch).ok_or_else(|| {
+            format!("`{arch}` is not a timm ViT name this crate knows, nor `demo`")
+        })?;
+        (vit, DmpoConfig::new(classes))
+    };
+    Ok((vit.with_num_classes(classes), dmpo))
 }
 
 /// What to time.

@@ -46,7 +46,13 @@ fn stripes(n: usize) -> ImageDataset {
 }
 
 /// A tiny two-exit DMPO model (16 px, patch 4, width 24, 4 blocks); the same weights for a seed.
+///
+/// NdArray draws every random tensor from one process-wide generator and this file's tests run
+/// on parallel threads: the seed and the draws of the weights happen under one lock, so another
+/// test's model cannot draw in between (this file draws nowhere else).
 fn tiny_model(seed: u64) -> dmpo_model::dmpo::DmpoModel<B> {
+    static RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_at_a_time = RNG.lock().unwrap_or_else(|e| e.into_inner());
     let device = Default::default();
     <B as burn::prelude::Backend>::seed(&device, seed);
     let vit = VitConfig::tiny().with_num_classes(0).init::<B>(&device);

@@ -195,8 +195,8 @@ fn early_exit_takes_the_same_exits_and_classes_as_on_flex() {
         criterion: Criterion::MaxProb,
         thresholds: vec![split(confidences(0)), split(confidences(1))],
     };
-    let on_cpu = run_early_exit(&flex, images(n, &cpu), &policy);
-    let on_gpu = run_early_exit(&wgpu, images(n, &gpu()), &policy);
+    let on_cpu = run_early_exit(&flex, images(n, &cpu), &policy).unwrap();
+    let on_gpu = run_early_exit(&wgpu, images(n, &gpu()), &policy).unwrap();
     let route = |p: &[dmpo_infer::Prediction]| -> Vec<(usize, usize, u64)> {
         p.iter().map(|p| (p.exit, p.class, p.macs)).collect()
     };
@@ -312,36 +312,6 @@ fn a_training_step_gives_the_same_loss_and_gradients_as_on_flex() {
             "gradient of parameter #{i}: wgpu differs from flex by {worst:e} (largest {scale:e})"
         );
     }
-}
-
-/// Without a Vulkan driver (the loader pointed at none), a task fails with one line that names
-/// the backend and what to install, not a panic from inside wgpu.
-#[cfg(target_os = "linux")]
-#[test]
-fn no_vulkan_driver_is_one_clear_line() {
-    let dir = tempfile::tempdir().unwrap();
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_dmpo-train"))
-        .args(["train", "--epochs", "1", "--out"])
-        .arg(dir.path().join("run"))
-        .env("VK_ICD_FILENAMES", dir.path().join("no-driver.json"))
-        .env("VK_DRIVER_FILES", dir.path().join("no-driver.json"))
-        .output()
-        .unwrap();
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    let errors: Vec<&str> = stderr.lines().filter(|l| l.contains("ERROR")).collect();
-    assert_eq!(errors.len(), 1, "one error line: {stderr}");
-    assert!(
-        errors[0].contains("wgpu: the device could not be started")
-            && errors[0].contains("mesa-vulkan-drivers")
-            && errors[0].contains("--backend flex"),
-        "{stderr}"
-    );
-    assert!(!stderr.contains("panicked"), "{stderr}");
-    assert!(
-        !dir.path().join("run").exists(),
-        "nothing written before the check"
-    );
 }
 
 /// DyT's token skipping on the GPU: the same tokens kept (the kept rows gathered, run through

@@ -6,100 +6,44 @@
 
 use std::process::{Command, ExitCode};
 
-/// Which binary runs each task: (task, package, bin, extra features, what it does).
-const TASKS: &[(&str, &str, &str, &str, &str)] = &[
-    (
-        "train",
-        "dmpo-train",
-        "dmpo-train",
-        "tui",
-        "tune a backbone with DMPO, calibrate, evaluate",
-    ),
+/// The tasks, each a subcommand of the one binary (`dmpo`, package `dmpo-cli`): (task, what it
+/// does). One binary with one feature set per backend, so a user builds once per backend.
+const TASKS: &[(&str, &str)] = &[
+    ("train", "tune a backbone with DMPO, calibrate, evaluate"),
     (
         "compare",
-        "dmpo-train",
-        "dmpo-train",
-        "tui",
         "train DMPO and the multi-exit baseline, plot both",
     ),
     (
         "pretrain",
-        "dmpo-train",
-        "dmpo-train",
-        "tui",
         "pretrain a small ViT from scratch (a labelled dataset, or synthetic patterns)",
     ),
     (
         "pixel-baseline",
-        "dmpo-train",
-        "dmpo-train",
-        "",
         "logistic regression on raw pixels: the floor a tuned model must clear",
     ),
-    (
-        "subset",
-        "dmpo-train",
-        "dmpo-train",
-        "",
-        "write a class-balanced subset of an IDX dataset",
-    ),
-    (
-        "calibrate",
-        "dmpo-infer",
-        "dmpo-infer",
-        "",
-        "choose exit thresholds for a compute budget",
-    ),
-    (
-        "eval",
-        "dmpo-infer",
-        "dmpo-infer",
-        "",
-        "accuracy-vs-cost curve (table, CSV, JSON, SVG)",
-    ),
-    (
-        "infer",
-        "dmpo-infer",
-        "dmpo-infer",
-        "",
-        "classify images with early exit",
-    ),
-    (
-        "bench",
-        "dmpo-infer",
-        "dmpo-infer",
-        "",
-        "images/s and latency, full depth vs early exit",
-    ),
+    ("subset", "write a class-balanced subset of an IDX dataset"),
+    ("calibrate", "choose exit thresholds for a compute budget"),
+    ("eval", "accuracy-vs-cost curve (table, CSV, JSON, SVG)"),
+    ("infer", "classify images with early exit"),
+    ("bench", "images/s and latency, full depth vs early exit"),
     (
         "bench-vit",
-        "dmpo-import",
-        "dmpo-import",
-        "",
         "full-depth ViT images/s on random input (vs PyTorch: benches/bench_vs_torch.py)",
     ),
     (
         "bench-step",
-        "dmpo-train",
-        "dmpo-train",
-        "",
         "training-step images/s and memory, frozen vs full (vs PyTorch: benches/)",
     ),
-    (
-        "import",
-        "dmpo-import",
-        "dmpo-import",
-        "",
-        "convert a timm / HF / PyTorch checkpoint",
-    ),
-    (
-        "forward",
-        "dmpo-import",
-        "dmpo-import",
-        "",
-        "run the full-depth ViT on a tensor file",
-    ),
+    ("import", "convert a timm / HF / PyTorch checkpoint"),
+    ("forward", "run the full-depth ViT on a tensor file"),
 ];
+
+/// The package and binary every task runs, and the features it is built with besides the
+/// backend (the same for every task, so no task rebuilds what another built).
+const PACKAGE: &str = "dmpo-cli";
+const BINARY: &str = "dmpo";
+const FEATURES: &str = "tui";
 
 const BACKENDS: &[&str] = &["flex", "ndarray", "wgpu", "cuda"];
 
@@ -107,11 +51,23 @@ fn usage() -> String {
     let mut s = String::from(
         "usage: cargo xtask <task> [--backend flex|ndarray|wgpu|cuda] [--debug] [arguments...]\n\ntasks:\n",
     );
-    for (task, _, _, _, what) in TASKS {
+    for (task, what) in TASKS {
         s.push_str(&format!("  {task:<10} {what}\n"));
     }
     s.push_str("\n`cargo xtask <task> --help` lists a task's arguments.\n");
     s
+}
+
+/// The workspace this `cargo xtask` runs in: the nearest folder upwards from the current one
+/// whose Cargo.toml declares `[workspace]`.
+fn workspace_root() -> Option<std::path::PathBuf> {
+    let here = std::env::current_dir().ok()?;
+    here.ancestors()
+        .find(|dir| {
+            std::fs::read_to_string(dir.join("Cargo.toml"))
+                .is_ok_and(|toml| toml.lines().any(|l| l.trim() == "[workspace]"))
+        })
+        .map(|dir| dir.to_path_buf())
 }
 
 fn main() -> ExitCode {
@@ -124,10 +80,10 @@ fn main() -> ExitCode {
         print!("{}", usage());
         return ExitCode::SUCCESS;
     }
-    let Some(&(_, package, bin, extra, _)) = TASKS.iter().find(|(t, ..)| *t == task) else {
+    if !TASKS.iter().any(|(t, _)| *t == task) {
         eprint!("unknown task `{task}`\n\n{}", usage());
         return ExitCode::FAILURE;
-    };
+    }
     let mut backend = "flex".to_string();
     let mut release = true;
     let mut rest = Vec::new();
@@ -161,17 +117,16 @@ fn main() -> ExitCode {
     cmd.args([
         "run",
         "--package",
-        package,
+        PACKAGE,
         "--bin",
-        bin,
+        BINARY,
         "--no-default-features",
     ]);
-    let features = if extra.is_empty() {
-        backend.clone()
-    } else {
-        format!("{backend},{extra}")
-    };
-    cmd.args(["--features", &features]);
+    cmd.args(["--features", &format!("{backend},{FEATURES}")]);
+    // Default paths (assets/, runs/) are resolved by the binary when it runs, from here.
+    if let Some(root) = workspace_root() {
+        cmd.env("DMPO_WORKSPACE", root);
+    }
     if release {
         cmd.arg("--release");
     }

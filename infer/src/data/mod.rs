@@ -5,13 +5,17 @@
 mod cifar;
 mod folder;
 mod idx;
+mod image_files;
 mod sample;
 mod splits;
+mod subset;
 mod vtab;
 
 pub use cifar::{read_cifar10, read_cifar100};
 pub use folder::read_image_folder;
 pub use idx::{read_idx_images, read_idx_labels, read_idx_split};
+pub use image_files::image_files;
 pub use sample::{DataError, ImageDataset, ImageRef, MAX_IMAGE_PIXELS, Sample, decode_file};
 pub use splits::{DatasetFormat, Splits, load_splits};
+pub use subset::write_idx_subset;
 pub use vtab::read_vtab_list;

@@ -26,6 +26,12 @@ impl<B: Backend> Adapter<B> {
     }
 
     /// `normed`: the block's `norm2(x)`, `[B, N, D]` → the branch to add, `[B, N, D]`.
+    /// MACs per image on `tokens` tokens of width D: down to r and back up.
+    pub fn macs(&self, tokens: u64) -> u64 {
+        let [d, r] = self.down.weight.dims();
+        2 * tokens * (d * r) as u64
+    }
+
     pub fn forward(&self, normed: Tensor<B, 3>) -> Tensor<B, 3> {
         let hidden = kernels::linear(&self.down, normed, Activation::Relu);
         kernels::linear(&self.up, hidden, Activation::None) * self.scale

@@ -29,6 +29,12 @@ impl<B: Backend> Bypass<B> {
     }
 
     /// `h`: the trunk's tokens after the exit's block, `[B, T, D]` → `z`, `[B, T, D]`.
+    /// MACs per image on `tokens` tokens of width D: down to its width and back up.
+    pub fn macs(&self, tokens: u64) -> u64 {
+        let [d, r] = self.down.weight.dims();
+        2 * tokens * (d * r) as u64
+    }
+
     pub fn forward(&self, h: Tensor<B, 3>) -> Tensor<B, 3> {
         let hidden = kernels::linear(&self.down, self.norm.forward(h.clone()), Activation::Gelu);
         h + kernels::linear(&self.up, hidden, Activation::None) * self.scale

@@ -64,18 +64,37 @@ impl<B: Backend> CovarianceHead<B> {
             Activation::None,
         );
         // The mean repeated over the tokens, then a same-shape subtraction: Flex walks a
-        // broadcast over the middle dimension element by element (0.9 ms against 0.1 ms here).
+        // broadcast over the middle dimension element by element (docs/benchmarks.md).
         let centred = x.clone() - x.mean_dim(1).repeat_dim(1, n);
         let sigma = centred.clone().swap_dims(1, 2).matmul(centred) / n as f64;
         let d = sigma.dims()[1];
         let sigma = sigma.reshape([b, d * d]);
         let trace = batch_trace(sigma.clone(), d) + self.eps;
         let a = (sigma / trace.clone()).reshape([b, d, d]);
-        let y = kernels::newton_schulz_sqrt(a, self.iterations).reshape([b, d * d]);
+        let y = kernels::matrix_sqrt(a, self.iterations).reshape([b, d * d]);
         (y * trace.sqrt()).reshape([b, d, d])
     }
 
     /// `tokens`: `[B, T, D]` (class token first when there is one) → logits `[B, classes]`.
+    /// MACs per image on `tokens` tokens (prefix tokens included): the reduction of the patch
+    /// tokens to d', their covariance, 3 products per Newton–Schulz iteration, the classifier
+    /// on the upper triangle, and the class-token head when fused.
+    pub fn macs(&self, tokens: u64) -> u64 {
+        let d = self.reduce.weight.dims()[0] as u64;
+        let r = self.reduce.weight.dims()[1] as u64;
+        let n = tokens - self.num_prefix_tokens as u64;
+        let [tri, classes] = self.classifier.weight.dims();
+        let cls = self.cls.as_ref().map_or(0, |c| {
+            let [i, o] = c.weight.dims();
+            (i * o) as u64
+        });
+        n * d * r
+            + n * r * r
+            + 3 * self.iterations as u64 * r * r * r
+            + (tri * classes) as u64
+            + cls
+    }
+
     pub fn forward(&self, tokens: Tensor<B, 3>) -> Tensor<B, 2> {
         let [b, _, d] = tokens.dims();
         let cls = self.cls.as_ref().map(|head| {

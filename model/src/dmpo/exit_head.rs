@@ -19,4 +19,12 @@ impl<B: Backend> ExitHead<B> {
             Self::Linear(h) => h.forward(tokens),
         }
     }
+
+    /// MACs per image on `tokens` tokens (prefix tokens included).
+    pub fn macs(&self, tokens: u64) -> u64 {
+        match self {
+            Self::Covariance(h) => h.macs(tokens),
+            Self::Linear(h) => h.macs(),
+        }
+    }
 }

@@ -48,6 +48,12 @@ impl<B: Backend> LinearHead<B> {
     }
 
     /// `[B, T, D]` → logits `[B, classes]`.
+    /// MACs per image: the classifier on the pooled token.
+    pub fn macs(&self) -> u64 {
+        let [i, o] = self.classifier.weight.dims();
+        (i * o) as u64
+    }
+
     pub fn forward(&self, tokens: Tensor<B, 3>) -> Tensor<B, 2> {
         self.classifier.forward(self.pre_logits(tokens))
     }

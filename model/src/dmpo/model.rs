@@ -44,7 +44,7 @@ impl DmpoConfig {
         &self,
         mut backbone: VisionTransformer<B>,
         device: &B::Device,
-    ) -> Result<DmpoModel<B>, String> {
+    ) -> Result<DmpoModel<B>, crate::ConfigError> {
         let depth = backbone.depth();
         self.validate(depth)?;
         let exits = self.exit_blocks(depth);
@@ -271,10 +271,7 @@ impl<B: Backend> DmpoModel<B> {
         let embed = patches * fan_in as u64 * d;
         // With every token kept; a sample's skipped tokens save `skipped_token_macs` each.
         let block = vit_block_macs(tokens, d, hidden)
-            + self
-                .adapters
-                .first()
-                .map_or(0, |a| 2 * tokens * d * a.down.weight.dims()[1] as u64)
+            + self.adapters.first().map_or(0, |a| a.macs(tokens))
             + if self.dispatches() { patches * d } else { 0 };
         let mut prev = 0;
         self.exits
@@ -283,32 +280,10 @@ impl<B: Backend> DmpoModel<B> {
             .map(|(k, &e)| {
                 let trunk = (e - prev) as u64 * block + if k == 0 { embed } else { 0 };
                 prev = e;
-                let bypass = self.bypasses[k]
-                    .as_ref()
-                    .map_or(0, |b| 2 * tokens * d * b.down.weight.dims()[1] as u64);
-                let head = match &self.heads[k] {
-                    ExitHead::Linear(h) => {
-                        let [i, o] = h.classifier.weight.dims();
-                        (i * o) as u64
-                    }
-                    ExitHead::Covariance(h) => {
-                        let r = h.reduce.weight.dims()[1] as u64;
-                        let n = tokens - h.num_prefix_tokens as u64;
-                        let [tri, classes] = h.classifier.weight.dims();
-                        let cls = h.cls.as_ref().map_or(0, |c| {
-                            let [i, o] = c.weight.dims();
-                            (i * o) as u64
-                        });
-                        n * d * r
-                            + n * r * r
-                            + 3 * h.iterations as u64 * r * r * r
-                            + (tri * classes) as u64
-                            + cls
-                    }
-                };
+                let bypass = self.bypasses[k].as_ref().map_or(0, |b| b.macs(tokens));
                 StageCost {
                     trunk,
-                    exit: bypass + head,
+                    exit: bypass + self.heads[k].macs(tokens),
                 }
             })
             .collect()

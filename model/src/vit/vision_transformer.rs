@@ -61,6 +61,27 @@ impl<B: Backend> VisionTransformer<B> {
         self.blocks.len()
     }
 
+    /// Whether images of shape `[B, C, H, W]` fit this model: its channels, sides that are
+    /// multiples of the patch size, and as many patches as the position embedding has rows.
+    /// An app checks before [`Self::embed`], which would otherwise fail inside the backend.
+    pub fn check_input(&self, dims: [usize; 4]) -> Result<(), String> {
+        let [b, c, h, w] = dims;
+        let p = self.patch_embed.patch_size;
+        let channels = self.patch_embed.proj.weight.dims()[0] / (p * p);
+        let side = ((self.num_patches() as f64).sqrt().round() as usize) * p;
+        if b == 0
+            || c != channels
+            || h % p != 0
+            || w % p != 0
+            || (h / p) * (w / p) != self.num_patches()
+        {
+            return Err(format!(
+                "images of shape [{b}, {c}, {h}, {w}] do not fit this model, which takes                  [batch ≥ 1, {channels}, {side}, {side}]"
+            ));
+        }
+        Ok(())
+    }
+
     /// Images `[B, C, H, W]` → the tokens entering block 0, `[B, T, D]`: patches, class and
     /// register tokens prepended, position embedding added (timm's `_pos_embed`: to the
     /// patches alone, before prepending, when `no_embed_class`).
@@ -172,8 +193,8 @@ pub fn pool_tokens<B: Backend>(
 
 /// `x + e` for tokens `x: [B, T, D]` and one `[1, T, D]` added to every image, on `[B, T·D]`
 /// views: the same broadcast, but Flex runs a row broadcast of a 2-D tensor vectorised and
-/// walks a 3-D one over its leading dimension element by element (2.9 ms against 0.05 ms for
-/// the demo's batch of 64, half a block).
+/// walks a 3-D one over its leading dimension element by element (docs/benchmarks.md, second
+/// round).
 pub(crate) fn add_per_image<B: Backend>(x: Tensor<B, 3>, e: Tensor<B, 3>) -> Tensor<B, 3> {
     let [b, t, d] = x.dims();
     (x.reshape([b, t * d]) + e.reshape([1, t * d])).reshape([b, t, d])

@@ -37,9 +37,10 @@ fn half_three_eye_minus(d: usize, m: &mut [f32]) {
     }
 }
 
-/// The same iterations as `dmpo_model::dmpo::newton_schulz_sqrt`: `a: [B, d, d]` → `[B, d, d]`.
-/// `None` (declined) for other dtypes or shapes.
-pub fn newton_schulz_sqrt(a: &FlexTensor, iterations: usize) -> Option<FlexTensor> {
+/// The same iterations as the reference `dmpo_model::dmpo::newton_schulz_sqrt`, one image at a
+/// time on Flex's buffers: `a: [B, d, d]` → `[B, d, d]`. `None` (declined) for other dtypes or
+/// shapes.
+pub fn fused_newton_schulz(a: &FlexTensor, iterations: usize) -> Option<FlexTensor> {
     let shape = a.layout().shape();
     if a.dtype() != DType::F32 || shape.num_dims() != 3 || shape[1] != shape[2] || iterations == 0 {
         return None;

@@ -71,7 +71,7 @@ fn train_writes_a_model_folder_that_infers_with_early_exit() {
     assert_eq!(info.classes.len(), 10);
     let x =
         Tensor::<NdArray, 4>::random([3, 3, 32, 32], burn::tensor::Distribution::Default, &device);
-    let preds = run_early_exit(&model, x, &policy);
+    let preds = run_early_exit(&model, x, &policy).unwrap();
     assert_eq!(preds.len(), 3);
 
     // Without thresholds, the error says how to calibrate.
@@ -98,7 +98,7 @@ fn bar_data(dir: &Path, train: usize, test: usize) -> PathBuf {
 /// `dmpo-train <task>` of the pico backbone with two exits, on `data` into `out`; callers add
 /// the budgets, the training length and anything else.
 fn pico_command(task: &str, data: &Path, out: &Path) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_dmpo-train"));
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_dmpo"));
     cmd.args([task, "--heads", "3", "--exits", "2,4"])
         .arg("--backbone")
         .arg(fixture("vit_pico_cls.pth"))
@@ -301,7 +301,7 @@ fn img_size_resamples_a_checkpoint_and_refuses_a_converted_directory() {
             .unwrap();
     assert_eq!(config["vit"]["img_size"], 48, "{config}");
 
-    let output = Command::new(env!("CARGO_BIN_EXE_dmpo-train"))
+    let output = Command::new(env!("CARGO_BIN_EXE_dmpo"))
         .args(["train", "--img-size", "64", "--backbone"])
         .arg(out.join("backbone"))
         .arg("--data")
@@ -351,7 +351,7 @@ fn dyt_methods_train_into_model_folders_that_infer() {
             burn::tensor::Distribution::Default,
             &device,
         );
-        let preds = run_early_exit(&model, x, &policy);
+        let preds = run_early_exit(&model, x, &policy).unwrap();
         let full = model.stage_costs().iter().map(|c| c.total()).sum::<u64>();
         // A sample that skipped tokens is charged less than every token through every MLP.
         assert!(preds.iter().all(|p| p.macs <= full), "{method}");
@@ -380,7 +380,7 @@ fn dyt_methods_train_into_model_folders_that_infer() {
     );
     // In `compare`, before the first arm trains, even when DyT comes last.
     let out = dir.path().join("refused-compare");
-    let output = Command::new(env!("CARGO_BIN_EXE_dmpo-train"))
+    let output = Command::new(env!("CARGO_BIN_EXE_dmpo"))
         .args(["compare", "--arms", "dmpo,dyt", "--token-rate", "0"])
         .arg("--data")
         .arg(&data)
@@ -405,5 +405,9 @@ fn data_parallel_training_on_the_cpu_is_refused_before_any_work() {
         stderr.contains("--devices") && stderr.contains("one device"),
         "{stderr}"
     );
-    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    // The task's first line names the backend and device; the refusal is the one other line.
+    let lines: Vec<&str> = stderr.trim().lines().collect();
+    assert_eq!(lines.len(), 2, "{stderr}");
+    assert!(lines[0].contains("INFO") && lines[0].contains("backend flex"));
+    assert!(lines[1].contains("ERROR"), "{stderr}");
 }

@@ -11,7 +11,7 @@ fn fixture(name: &str) -> PathBuf {
 }
 
 fn run(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_dmpo-import"))
+    Command::new(env!("CARGO_BIN_EXE_dmpo"))
         .args(args)
         .output()
         .expect("binary runs")

@@ -1,6 +1,7 @@
-//! The one place a backend is named: chosen by the cargo feature the binary was built with
-//! (`cargo xtask ... --backend flex|ndarray|wgpu|cuda`). Library code stays generic: built with
-//! no backend feature (a Burn app embedding the library), only the backend-free parts are here.
+//! The one place a backend is named: chosen by the cargo feature this crate is built with
+//! (`cargo xtask ... --backend flex|ndarray|wgpu|cuda` picks it for the binary; an app picks it
+//! in its Cargo.toml). Everything else stays generic: built with no backend feature (a Burn app
+//! bringing its own backend), only the backend-free parts are here.
 
 #[cfg(feature = "cuda")]
 pub type Backend = burn::backend::Cuda;
@@ -120,6 +121,34 @@ fn start(device: &burn::tensor::Device<Backend>) -> Result<(), String> {
     .map(drop)
 }
 
+/// The device the backend runs on, in words, for the log line every task starts with: the CPU
+/// and its threads, or the GPU device (wgpu's adapter is named in CubeCL's own line).
+#[cfg(any(
+    feature = "flex",
+    feature = "ndarray",
+    feature = "wgpu",
+    feature = "cuda"
+))]
+pub fn describe_device() -> String {
+    if IS_GPU {
+        return format!("{:?}", device());
+    }
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    #[cfg(all(feature = "flex", not(any(feature = "wgpu", feature = "cuda"))))]
+    let threads = format!(
+        "{} threads on {cores} cores, fused kernels {}",
+        rayon::current_num_threads(),
+        if crate::flex_kernels::installed() {
+            "on"
+        } else {
+            "off (DMPO_KERNELS=composed)"
+        }
+    );
+    #[cfg(not(all(feature = "flex", not(any(feature = "wgpu", feature = "cuda")))))]
+    let threads = format!("{cores} cores");
+    format!("CPU, {threads}")
+}
+
 /// Whether the backend runs on a GPU (its device can be missing or run out of memory).
 pub const IS_GPU: bool = cfg!(any(feature = "wgpu", feature = "cuda"));
 
@@ -205,6 +234,18 @@ mod tests {
         assert_eq!(out_of_memory_line(cubecl).is_some(), IS_GPU);
         assert!(out_of_memory_line("index out of bounds: the len is 3").is_none());
         assert!(out_of_memory_line("zoom into the room").is_none());
+    }
+
+    #[cfg(any(
+        feature = "flex",
+        feature = "ndarray",
+        feature = "wgpu",
+        feature = "cuda"
+    ))]
+    #[test]
+    fn a_device_listed_twice_is_refused_before_any_is_started() {
+        let err = devices(&[0, 0]).unwrap_err().to_string();
+        assert!(err.contains("device 0 is listed twice"), "{err}");
     }
 
     #[test]

@@ -1,12 +1,14 @@
-//! What every dmpo-burn binary does around its own work: logging to stderr through `tracing`
-//! and one clear error line with a failing exit status instead of a panic.
+//! What the binary does around every task: logging to stderr through `tracing`, one line naming
+//! the backend and device, and one clear error line with a failing exit status instead of a
+//! panic.
 
 use std::process::ExitCode;
 
 /// Our progress at info; the frameworks' own chatter only when it matters (wgpu_hal's driver
-/// loader messages never: a missing driver is reported in one line of ours). `RUST_LOG` overrides.
-const LOG_FILTER: &str =
-    "info,burn=warn,burn_train=warn,burn_core=warn,cubecl=warn,wgpu=warn,wgpu_hal=off,naga=warn";
+/// loader messages never: a missing driver is reported in one line of ours; CubeCL's line naming
+/// the wgpu adapter it chose, always). `RUST_LOG` overrides.
+const LOG_FILTER: &str = "info,burn=warn,burn_train=warn,burn_core=warn,cubecl=warn,\
+    cubecl_wgpu::runtime=info,wgpu=warn,wgpu_hal=off,naga=warn";
 
 /// Installs the logger, runs `body`, and turns its error into a logged line and exit status 1.
 pub fn run_main<E: std::fmt::Display>(body: impl FnOnce() -> Result<(), E>) -> ExitCode {
@@ -22,10 +24,10 @@ pub fn run_main<E: std::fmt::Display>(body: impl FnOnce() -> Result<(), E>) -> E
     // A GPU running out of memory panics inside CubeCL / wgpu: one line instead of a backtrace.
     let default_hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
-        let text = crate::panics::text(info.payload());
-        match crate::backend::out_of_memory_line(&text) {
+        let text = dmpo_infer::panics::text(info.payload());
+        match dmpo_infer::backend::out_of_memory_line(&text) {
             Some(line) => {
-                let first = crate::panics::message(info.payload());
+                let first = dmpo_infer::panics::message(info.payload());
                 tracing::error!("{line} ({first})");
                 std::process::exit(1);
             }

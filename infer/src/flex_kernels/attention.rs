@@ -3,7 +3,7 @@
 //! Composed from Burn ops, splitting `[B, N, 3·D]` into per-head q, k, v `[B, H, N, d]` and
 //! merging the heads back costs four copies of the activations per block (Flex's reshape of a
 //! strided view and its attention op's `to_contiguous` each copy, element by element through a
-//! strided iterator: 14 % of a ViT-S forward in the profile). gemm takes arbitrary strides, so
+//! strided iterator; the profile is in docs/benchmarks.md). gemm takes arbitrary strides, so
 //! here each head's q·kᵀ reads q and k where the projection wrote them, and its ·v writes the
 //! head's columns of the `[B, N, D]` output directly: no copies at all.
 

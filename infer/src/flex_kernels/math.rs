@@ -1,5 +1,5 @@
 //! Element-wise math written so the compiler vectorises it: branch-free polynomials, no libm
-//! calls in the loop. Flex's GELU calls libm's scalar `erff` once per element (4–5 % of a ViT
+//! calls in the loop. Flex's GELU calls libm's scalar `erff` once per element (a share of a ViT
 //! forward in the profile of docs/benchmarks.md); these run 8 lanes at a time with AVX2.
 
 /// erf(x), rational approximation on [-4, 4] (beyond, |erf| = 1 to fp32 precision), the one

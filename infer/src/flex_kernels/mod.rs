@@ -17,6 +17,11 @@ mod product;
 use burn::backend::Flex;
 use dmpo_model::kernels::{self, Kernels};
 
+/// Whether [`install`] put any kernel in place for Flex.
+pub fn installed() -> bool {
+    kernels::installed::<Flex>().is_some()
+}
+
 /// Installs the kernels for the process, as `DMPO_KERNELS` says (all by default). Idempotent.
 pub fn install() {
     static ONCE: std::sync::Once = std::sync::Once::new();
@@ -43,7 +48,7 @@ pub fn install() {
                 .then_some(attention::qkv_attention as kernels::QkvAttentionKernel<Flex>),
             // With the full set only: the per-kernel choices compare the trunk's two.
             newton_schulz: (linear && attention)
-                .then_some(newton_schulz::newton_schulz_sqrt as kernels::NewtonSchulzKernel<Flex>),
+                .then_some(newton_schulz::fused_newton_schulz as kernels::NewtonSchulzKernel<Flex>),
         });
         type AD = burn_autodiff::Autodiff<Flex>;
         kernels::install::<AD>(Kernels {
@@ -147,9 +152,11 @@ mod tests {
             let eye = Tensor::<B, 2>::eye(d, &Default::default()).unsqueeze::<3>();
             let trace = (sigma.clone() * eye).sum_dim(2).sum_dim(1);
             let a = sigma / trace;
-            let fused =
-                newton_schulz::newton_schulz_sqrt(&a.clone().into_primitive().tensor(), iterations)
-                    .expect("f32 accepted");
+            let fused = newton_schulz::fused_newton_schulz(
+                &a.clone().into_primitive().tensor(),
+                iterations,
+            )
+            .expect("f32 accepted");
             let fused: Tensor<B, 3> =
                 Tensor::from_primitive(burn::tensor::TensorPrimitive::Float(fused));
             let composed = dmpo_model::dmpo::newton_schulz_sqrt(a, iterations);

@@ -9,7 +9,7 @@ use common::write_idx;
 
 /// A short pretraining (`epochs`) of the demo architecture on `data`, holding `exclude` apart.
 fn pretrain(data: &Path, exclude: &Path, work: &Path, out: &Path, epochs: &str) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_dmpo-train"));
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_dmpo"));
     cmd.arg("pretrain")
         .arg("--data")
         .arg(data)
@@ -51,7 +51,15 @@ fn pretraining_holds_the_tuning_images_apart_and_resumes_to_the_same_weights() {
     assert_eq!(result["train_images"], 150 - 20 - 26, "{result}");
     assert_eq!(result["valid_images"], 26, "{result}");
     assert_eq!(result["test_images"], 30, "{result}");
-    assert!(result["test_accuracy"].as_f64().unwrap() >= 0.0);
+    // Accuracies measured on those very splits: a whole number of its images right.
+    for (key, images) in [("test_accuracy", 30.0), ("valid_accuracy", 26.0)] {
+        let acc = result[key].as_f64().unwrap();
+        let right = acc * images;
+        assert!(
+            (0.0..=1.0).contains(&acc) && (right - right.round()).abs() < 1e-6,
+            "{key} {acc} is not a share of {images} images"
+        );
+    }
     let recipe = json(&out.join("pretrain.json"));
     assert_eq!(recipe["vit"]["num_classes"], 10);
     assert_eq!(recipe["train"]["epochs"], 2);
@@ -167,7 +175,7 @@ fn copy_dir(from: &Path, to: &Path) {
 /// Runs pretraining on `data` and returns its stderr, which must be an error.
 fn refused(data: &Path) -> String {
     let dir = tempfile::tempdir().unwrap();
-    let output = Command::new(env!("CARGO_BIN_EXE_dmpo-train"))
+    let output = Command::new(env!("CARGO_BIN_EXE_dmpo"))
         .arg("pretrain")
         .arg("--data")
         .arg(data)

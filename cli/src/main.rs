@@ -1,0 +1,77 @@
+//! `dmpo`: every dmpo-burn task in one binary, so a user builds once per backend. Each task maps
+//! its arguments onto library calls (dmpo-train, dmpo-infer, dmpo-import) and does nothing else.
+//! Run it through `cargo xtask <task> --backend flex|ndarray|wgpu|cuda`, which builds this
+//! binary with that one backend feature.
+
+/// mimalloc keeps freed activation buffers for reuse where glibc's malloc returns them to the
+/// kernel after every layer (see the workspace Cargo.toml).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+mod import_tasks;
+mod infer_tasks;
+mod logging;
+mod paths;
+mod pretrain_task;
+mod tools;
+mod train_tasks;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use dmpo_infer::backend;
+
+type Error = Box<dyn std::error::Error>;
+
+#[derive(Parser)]
+#[command(
+    name = "dmpo",
+    version,
+    about = "Tune a ViT with DMPO, calibrate and run early exit"
+)]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    Train(train_tasks::TrainArgs),
+    Compare(train_tasks::CompareArgs),
+    Pretrain(pretrain_task::PretrainArgs),
+    PixelBaseline(tools::PixelBaselineArgs),
+    Subset(tools::SubsetArgs),
+    BenchStep(tools::BenchStepArgs),
+    Calibrate(infer_tasks::CalibrateArgs),
+    Eval(infer_tasks::EvalArgs),
+    Infer(infer_tasks::InferArgs),
+    Bench(infer_tasks::BenchArgs),
+    Import(import_tasks::ImportArgs),
+    Forward(import_tasks::ForwardArgs),
+    BenchVit(import_tasks::BenchVitArgs),
+}
+
+fn main() -> ExitCode {
+    logging::run_main(|| run(Cli::parse()))
+}
+
+fn run(cli: Cli) -> Result<(), Error> {
+    // A missing driver or GPU is one clear line before any work.
+    backend::check_device()?;
+    tracing::info!("backend {}: {}", backend::NAME, backend::describe_device());
+    match cli.task {
+        Task::Train(a) => train_tasks::train(a),
+        Task::Compare(a) => train_tasks::compare(a),
+        Task::Pretrain(a) => pretrain_task::pretrain(a),
+        Task::PixelBaseline(a) => tools::pixel_baseline(a),
+        Task::Subset(a) => tools::subset(a),
+        Task::BenchStep(a) => tools::bench_step(a),
+        Task::Calibrate(a) => infer_tasks::calibrate_task(a),
+        Task::Eval(a) => infer_tasks::eval_task(a),
+        Task::Infer(a) => infer_tasks::infer_task(a),
+        Task::Bench(a) => infer_tasks::bench_task(a),
+        Task::Import(a) => Ok(import_tasks::import(a)?),
+        Task::Forward(a) => Ok(import_tasks::forward(a)?),
+        Task::BenchVit(a) => Ok(import_tasks::bench_vit(a)?),
+    }
+}

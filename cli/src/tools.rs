@@ -1,0 +1,112 @@
+//! The smaller tasks: `pixel-baseline`, `subset` and `bench-step`.
+
+use std::path::PathBuf;
+
+use clap::Args;
+use dmpo_infer::backend;
+use dmpo_infer::data::{load_splits, write_idx_subset};
+use dmpo_train::{PixelBaselineConfig, StepBenchConfig, Tuning, bench_model_config};
+
+use crate::train_tasks::TrainBackend;
+use crate::{Error, paths};
+
+/// Logistic regression on the raw pixels (L2 chosen on a held-out tenth of the training images,
+/// refitted on all): the floor a tuned model must clear. Prints one JSON line.
+#[derive(Args)]
+pub struct PixelBaselineArgs {
+    /// Dataset directory [default: the embedded Fashion-MNIST subset].
+    #[arg(long)]
+    data: Option<PathBuf>,
+}
+
+/// Write a class-balanced subset of an IDX dataset (the demo data in assets/).
+#[derive(Args)]
+pub struct SubsetArgs {
+    /// An MNIST-style directory (e.g. /usr/share/datasets/fashion-mnist).
+    #[arg(long)]
+    from: PathBuf,
+    #[arg(long)]
+    out: PathBuf,
+    #[arg(long, default_value_t = 200)]
+    train_per_class: usize,
+    #[arg(long, default_value_t = 100)]
+    test_per_class: usize,
+}
+
+/// Time the training step (forward of every exit, loss, backward, AdamW) on random images of a
+/// randomly initialised timm architecture; prints one JSON line (images/s, peak memory).
+/// Against PyTorch: `benches/bench_train_vs_torch.py`.
+#[derive(Args)]
+pub struct BenchStepArgs {
+    /// timm architecture name, e.g. vit_base_patch16_224, or `demo`: the embedded demo
+    /// backbone's architecture with the demo recipe's exits and heads.
+    #[arg(long)]
+    arch: String,
+    /// Frozen backbone (DMPO) or full fine-tuning: frozen or full.
+    #[arg(long, default_value = "frozen")]
+    tuning: Tuning,
+    #[arg(long, default_value_t = 16)]
+    batch: usize,
+    #[arg(long, default_value_t = 100)]
+    classes: usize,
+    /// Untimed steps first.
+    #[arg(long, default_value_t = 1)]
+    warmup: usize,
+    /// Timed steps (the median is reported).
+    #[arg(long, default_value_t = 3)]
+    steps: usize,
+}
+
+pub fn pixel_baseline(a: PixelBaselineArgs) -> Result<(), Error> {
+    let data = a.data.unwrap_or_else(paths::default_data);
+    let splits = load_splits(&data)?;
+    let report = dmpo_train::pixel_baseline::<TrainBackend>(
+        &splits.train,
+        &splits.test,
+        &PixelBaselineConfig::new(),
+        &backend::device(),
+    )?;
+    tracing::info!(
+        "logistic regression on raw pixels: {:.2}% on {} test images (L2 {:e}, chosen on a held-out tenth of the {} training images)",
+        100.0 * report.test_accuracy,
+        report.test_images,
+        report.l2,
+        report.train_images
+    );
+    println!("{}", serde_json::to_string(&report)?);
+    Ok(())
+}
+
+pub fn subset(a: SubsetArgs) -> Result<(), Error> {
+    write_idx_subset(&a.from, &a.out, a.train_per_class, a.test_per_class)?;
+    Ok(())
+}
+
+pub fn bench_step(a: BenchStepArgs) -> Result<(), Error> {
+    let (vit, dmpo) = bench_model_config(&a.arch, a.classes)?;
+    let device = backend::device();
+    let model = dmpo.init(vit.init::<TrainBackend>(&device), &device)?;
+    let config = StepBenchConfig {
+        batch: a.batch.max(1),
+        warmup: a.warmup,
+        steps: a.steps.max(1),
+        tuning: a.tuning,
+    };
+    let report = dmpo_train::bench_train_step(model, &config, &device);
+    tracing::info!(
+        "{} on {}: {:?}, batch {}, median step {:.1} ms, {} of {} parameters train",
+        a.arch,
+        backend::NAME,
+        a.tuning,
+        a.batch,
+        report.step_s * 1e3,
+        report.trainable_params,
+        report.total_params
+    );
+    let mut line = serde_json::to_value(&report)?;
+    line["backend"] = backend::NAME.into();
+    line["arch"] = a.arch.into();
+    // The one machine-readable line, on stdout.
+    println!("{line}");
+    Ok(())
+}
