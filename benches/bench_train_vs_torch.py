@@ -11,11 +11,14 @@ that both have the same total and trainable parameter counts before timing.
 Each measurement runs in its own process (so one's freed memory does not hide the next one's
 peak): images/s is the median over the timed steps; memory is the peak resident set during the
 steps above what was resident before them (Linux `/proc`), for a frozen backbone (DMPO) and for
-full fine-tuning.
+full fine-tuning. Interleaved like the forward's: within a round, PyTorch is timed before and
+after each of our builds and each ratio is against the mean of the two; the whole sweep runs
+`--rounds` times (3 by default). bench_train_vs_torch.{csv,json} keep one row per round,
+bench_train_vs_torch_summary.csv the median ratio and its spread per configuration.
 
-    cargo build --release -p dmpo-train --bin dmpo-train      # one binary per backend
+    cargo build --release -p dmpo-cli --bin dmpo              # one binary per backend
     benches/setup.sh                                          # PyTorch, timm, OpenBLAS, perf
-    python3 benches/bench_train_vs_torch.py --binaries flex=target/release/dmpo-train
+    python3 benches/bench_train_vs_torch.py --binaries flex=target/release/dmpo
 
 Needs no download: the models are random (speed does not depend on the values). `--archs demo`
 times the embedded demo model (28x28 inputs, width 96, 6 blocks) with the demo recipe's exits.
@@ -226,8 +229,9 @@ def main():
     p.add_argument("--threads", type=int, default=os.cpu_count())
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--steps", type=int, default=3)
-    p.add_argument("--binaries", default="flex=target/release/dmpo-train",
-                   help="comma-separated NAME=PATH of dmpo-train builds (one per backend)")
+    p.add_argument("--binaries", default="flex=target/release/dmpo",
+                   help="comma-separated NAME=PATH of dmpo builds (one per backend)")
+    p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--out", default="runs/bench-train-vs-torch")
     p.add_argument("--torch-one", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--arch", help=argparse.SUPPRESS)
@@ -241,32 +245,53 @@ def main():
               "--warmup", str(a.warmup), "--steps", str(a.steps)]
     env = dict(os.environ, RAYON_NUM_THREADS=str(a.threads))
     rows = []
-    for arch in a.archs.split(","):
-        for tuning in a.tunings.split(","):
-            ref = run_json([sys.executable, __file__, "--torch-one", "--arch", arch, "--tuning", tuning,
-                            "--threads", str(a.threads)] + common)
-            rows.append(dict(ref, ratio=1.0, threads=a.threads))
-            print(f"{arch:24} {tuning:6} pytorch      {ref['images_per_s']:7.2f} img/s  "
-                  f"step memory {ref['step_memory_bytes'] / 2**20:7.0f} MiB", flush=True)
-            for name, binary in binaries:
-                ours = run_json([binary, "bench-step", "--arch", arch, "--tuning", tuning] + common, env)
-                if (ours["total_params"], ours["trainable_params"]) != (ref["total_params"], ref["trainable_params"]):
-                    raise SystemExit(f"{arch}: parameter counts differ: ours {ours} vs PyTorch {ref}")
-                row = dict(ours, backend=name, threads=a.threads,
-                           ratio=round(ours["images_per_s"] / ref["images_per_s"], 3))
-                rows.append(row)
-                print(f"{arch:24} {tuning:6} {name:12} {ours['images_per_s']:7.2f} img/s  "
-                      f"step memory {ours['step_memory_bytes'] / 2**20:7.0f} MiB  "
-                      f"ratio {row['ratio']:.2f}", flush=True)
+    torch_cmd = lambda arch, tuning: [sys.executable, __file__, "--torch-one", "--arch", arch,
+                                      "--tuning", tuning, "--threads", str(a.threads)] + common
+    for rnd in range(1, a.rounds + 1):
+        for arch in a.archs.split(","):
+            for tuning in a.tunings.split(","):
+                before = run_json(torch_cmd(arch, tuning))
+                rows.append(dict(before, round=rnd, ratio=1.0, threads=a.threads))
+                print(f"round {rnd} {arch:24} {tuning:6} pytorch      "
+                      f"{before['images_per_s']:7.2f} img/s  "
+                      f"step memory {before['step_memory_bytes'] / 2**20:7.0f} MiB", flush=True)
+                for name, binary in binaries:
+                    ours = run_json([binary, "bench-step", "--arch", arch, "--tuning", tuning] + common, env)
+                    after = run_json(torch_cmd(arch, tuning))
+                    if (ours["total_params"], ours["trainable_params"]) != (after["total_params"], after["trainable_params"]):
+                        raise SystemExit(f"{arch}: parameter counts differ: ours {ours} vs PyTorch {after}")
+                    ref = (before["images_per_s"] + after["images_per_s"]) / 2
+                    before = after
+                    row = dict(ours, round=rnd, backend=name, threads=a.threads,
+                               torch_images_per_s=round(ref, 3),
+                               ratio=round(ours["images_per_s"] / ref, 3))
+                    rows.append(row)
+                    print(f"round {rnd} {arch:24} {tuning:6} {name:12} {ours['images_per_s']:7.2f} img/s  "
+                          f"step memory {ours['step_memory_bytes'] / 2**20:7.0f} MiB  "
+                          f"ratio {row['ratio']:.2f}", flush=True)
     os.makedirs(a.out, exist_ok=True)
     with open(os.path.join(a.out, "bench_train_vs_torch.json"), "w") as f:
         json.dump(rows, f, indent=1)
-    fields = ["arch", "tuning", "backend", "batch", "threads", "images_per_s", "ratio", "step_s",
+    fields = ["round", "arch", "tuning", "backend", "batch", "threads", "images_per_s",
+              "torch_images_per_s", "ratio", "step_s",
               "step_memory_bytes", "peak_memory_bytes", "trainable_params", "total_params"]
     with open(os.path.join(a.out, "bench_train_vs_torch.csv"), "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
         w.writeheader()
         w.writerows(rows)
+    summary = os.path.join(a.out, "bench_train_vs_torch_summary.csv")
+    with open(summary, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["arch", "tuning", "backend", "rounds", "median_ratio", "min_ratio", "max_ratio"])
+        groups = {}
+        for r in rows:
+            if r["backend"] != "pytorch":
+                groups.setdefault((r["arch"], r["tuning"], r["backend"]), []).append(r["ratio"])
+        for key, ratios in groups.items():
+            w.writerow(list(key) + [len(ratios), round(statistics.median(ratios), 3),
+                                    min(ratios), max(ratios)])
+            print(f"{' '.join(key):48} median ratio {statistics.median(ratios):.2f} "
+                  f"(min {min(ratios):.2f}, max {max(ratios):.2f}, {len(ratios)} rounds)")
     return 0
 
 

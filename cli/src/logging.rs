@@ -5,10 +5,10 @@
 use std::process::ExitCode;
 
 /// Our progress at info; the frameworks' own chatter only when it matters (wgpu_hal's driver
-/// loader messages never: a missing driver is reported in one line of ours; CubeCL's line naming
-/// the wgpu adapter it chose, always). `RUST_LOG` overrides.
-const LOG_FILTER: &str = "info,burn=warn,burn_train=warn,burn_core=warn,cubecl=warn,\
-    cubecl_wgpu::runtime=info,wgpu=warn,wgpu_hal=off,naga=warn";
+/// loader messages never: a missing driver is reported in one line of ours, and the adapter in
+/// use in our first line). `RUST_LOG` overrides.
+const LOG_FILTER: &str =
+    "info,burn=warn,burn_train=warn,burn_core=warn,cubecl=warn,wgpu=warn,wgpu_hal=off,naga=warn";
 
 /// Installs the logger, runs `body`, and turns its error into a logged line and exit status 1.
 pub fn run_main<E: std::fmt::Display>(body: impl FnOnce() -> Result<(), E>) -> ExitCode {

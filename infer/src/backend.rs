@@ -122,7 +122,7 @@ fn start(device: &burn::tensor::Device<Backend>) -> Result<(), String> {
 }
 
 /// The device the backend runs on, in words, for the log line every task starts with: the CPU
-/// and its threads, or the GPU device (wgpu's adapter is named in CubeCL's own line).
+/// and its threads, wgpu's adapter (once [`check_device`] has set it up), or the CUDA device.
 #[cfg(any(
     feature = "flex",
     feature = "ndarray",
@@ -130,6 +130,10 @@ fn start(device: &burn::tensor::Device<Backend>) -> Result<(), String> {
     feature = "cuda"
 ))]
 pub fn describe_device() -> String {
+    #[cfg(all(feature = "wgpu", not(feature = "cuda")))]
+    if let Some(adapter) = ADAPTER.get() {
+        return format!("{:?} on {adapter}", device());
+    }
     if IS_GPU {
         return format!("{:?}", device());
     }
@@ -195,14 +199,33 @@ pub fn check_device() -> Result<(), DeviceError> {
     if !IS_GPU {
         return Ok(());
     }
-    match start(&device()).err() {
-        None => Ok(()),
-        Some(reason) => Err(DeviceError {
-            reason: format!("the device could not be started ({reason})"),
-            hint: NO_DEVICE_HINT,
-        }),
+    // On wgpu the device is set up here, explicitly, with the options Burn would use, so that
+    // the adapter it picked can be named (`describe_device`); on CUDA, one tiny operation.
+    #[cfg(all(feature = "wgpu", not(feature = "cuda")))]
+    if ADAPTER.get().is_some() {
+        return Ok(());
     }
+    #[cfg(all(feature = "wgpu", not(feature = "cuda")))]
+    let started = crate::panics::quietly(|| {
+        use burn::backend::wgpu::{RuntimeOptions, graphics::AutoGraphicsApi, init_setup};
+        let setup = init_setup::<AutoGraphicsApi>(&device(), RuntimeOptions::default());
+        let info = setup.adapter.get_info();
+        let _ = ADAPTER.set(format!(
+            "{} ({:?}, {:?}, driver {} {})",
+            info.name, info.device_type, info.backend, info.driver, info.driver_info
+        ));
+    });
+    #[cfg(not(all(feature = "wgpu", not(feature = "cuda"))))]
+    let started = start(&device()).map(drop);
+    started.map_err(|reason| DeviceError {
+        reason: format!("the device could not be started ({reason})"),
+        hint: NO_DEVICE_HINT,
+    })
 }
+
+/// The wgpu adapter [`check_device`] set the device up on, in words.
+#[cfg(all(feature = "wgpu", not(feature = "cuda")))]
+static ADAPTER: std::sync::OnceLock<String> = std::sync::OnceLock::new();
 
 /// The one line for a GPU that ran out of memory in the middle of the work, if `message` (a
 /// panic's, whole) says so: CubeCL and wgpu panic rather than return an error there.

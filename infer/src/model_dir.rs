@@ -20,6 +20,13 @@ pub const MODEL_FILE: &str = "model.json";
 pub const BACKBONE_DIR: &str = "backbone";
 pub const TRAINED_FILE: &str = "trained.safetensors";
 const FORMAT: &str = "dmpo-burn/model";
+/// `dmpo.dispatch` fields of older model files, now training settings.
+const LEGACY_DISPATCH_KEYS: [&str; 4] = [
+    "temperature",
+    "rate_weight",
+    "complete_weight",
+    "distill_weight",
+];
 
 /// `model.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -78,7 +85,17 @@ pub fn parse_model_info(text: &str, path: PathBuf) -> Result<ModelInfo, ImportEr
         path: path.clone(),
         reason: format!("not a dmpo-burn model description: {e}"),
     };
-    let value: serde_json::Value = serde_json::from_str(text).map_err(not_ours)?;
+    let mut value: serde_json::Value = serde_json::from_str(text).map_err(not_ours)?;
+    // Models tuned before DyT's training settings moved to the trainer (`dmpo_train::DytLoss`)
+    // recorded them with the dispatchers; they say nothing about the model, so they are dropped.
+    if let Some(dispatch) = value
+        .pointer_mut("/dmpo/dispatch")
+        .and_then(|d| d.as_object_mut())
+    {
+        for key in LEGACY_DISPATCH_KEYS {
+            dispatch.remove(key);
+        }
+    }
     let info: ModelInfo = serde_json::from_value(value.clone()).map_err(not_ours)?;
     let bad = |reason: String| ImportError::Config {
         path: path.clone(),

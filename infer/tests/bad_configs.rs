@@ -87,3 +87,23 @@ fn impossible_preprocessing_is_refused() {
     let msg = error_after(|v| v["preprocess"]["crop_pct"] = json!(1.5));
     assert!(msg.contains("crop_pct"), "{msg}");
 }
+
+#[test]
+fn a_dyt_model_file_from_before_the_loss_settings_moved_still_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut info = valid_info();
+    info.dmpo.dispatch = Some(dmpo_model::dyt::DispatchConfig::new().with_token_rate(0.6));
+    write_model_info(dir.path(), &info).unwrap();
+    let path = dir.path().join("model.json");
+    let mut value: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let old = json!({"token_rate": 0.6, "temperature": 5.0, "rate_weight": 2.0,
+                     "complete_weight": 1.0, "distill_weight": 1.0});
+    value["dmpo"]["dispatch"] = old;
+    std::fs::write(&path, serde_json::to_string(&value).unwrap()).unwrap();
+    assert_eq!(read_model_info(dir.path()).unwrap(), info);
+    // Any other unknown field there is still named.
+    value["dmpo"]["dispatch"]["tokn_rate"] = json!(0.5);
+    std::fs::write(&path, serde_json::to_string(&value).unwrap()).unwrap();
+    let msg = read_model_info(dir.path()).unwrap_err().to_string();
+    assert!(msg.contains("dmpo.dispatch.tokn_rate"), "{msg}");
+}

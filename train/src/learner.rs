@@ -56,6 +56,9 @@ pub struct TrainConfig {
     /// Early exits also learn from the last exit's prediction (off by default).
     #[config(default = "SelfDistillation::off()")]
     pub distillation: SelfDistillation,
+    /// How DyT's dispatchers train, when the model has them.
+    #[config(default = "crate::DytLoss::new()")]
+    pub dyt: crate::DytLoss,
     #[config(default = 42)]
     pub seed: u64,
     /// Threads decoding and augmenting each batch's images.
@@ -91,6 +94,7 @@ pub fn train<B: AutodiffBackend>(
         label_smoothing: config.label_smoothing,
         weight_decay: config.weight_decay,
         distillation: config.distillation.clone(),
+        dyt: config.dyt.clone(),
         guard: LossGuard::every(config.loss_check_every),
     };
     let run = Run {

@@ -26,6 +26,7 @@ mod arm;
 mod atomic_recorder;
 mod batcher;
 mod compare;
+mod dyt_loss;
 mod epoch_loader;
 mod epoch_metrics;
 mod held_apart;
@@ -55,6 +56,7 @@ pub use atomic_recorder::{
 };
 pub use batcher::{EpochWeights, ExitBatch, ExitBatcher};
 pub use compare::{CompareConfig, CompareReport, RUN_TIME_FILE, compare};
+pub use dyt_loss::DytLoss;
 pub use epoch_loader::{EpochCounter, EpochLoader, Split};
 pub use epoch_metrics::{read_epoch_metrics, write_epoch_metrics};
 pub use held_apart::exclude_images;

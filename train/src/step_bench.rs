@@ -131,6 +131,7 @@ pub fn bench_train_step<B: AutodiffBackend>(
         label_smoothing: 0.1,
         weight_decay: 0.05,
         distillation: crate::SelfDistillation::off(),
+        dyt: crate::DytLoss::new(),
         guard: LossGuard::default(),
     };
     let mut optim = AdamWConfig::new().with_weight_decay(0.0).init();

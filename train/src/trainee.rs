@@ -21,6 +21,9 @@ pub struct Trainee<B: Backend> {
     /// Early exits also learn from the last exit's softened prediction (off by default).
     #[module(skip)]
     pub distillation: SelfDistillation,
+    /// How DyT's dispatchers train (used when the model dispatches tokens).
+    #[module(skip)]
+    pub dyt: crate::DytLoss,
     /// Stops the run at a non-finite loss.
     #[module(skip)]
     pub guard: crate::LossGuard,
@@ -43,9 +46,9 @@ impl<B: Backend> Trainee<B> {
             .as_ref()
             .filter(|_| B::ad_enabled(&device));
         let (logits, masks, complete) = match dispatch {
-            Some(d) => {
+            Some(_) => {
                 let sampled = Dispatch::Sampled {
-                    temperature: d.temperature,
+                    temperature: self.dyt.temperature,
                 };
                 let (logits, masks) = self.model.forward_exits_with(batch.images.clone(), sampled);
                 let (complete, _) = self
@@ -69,9 +72,10 @@ impl<B: Backend> Trainee<B> {
                         .early_exit_loss(hard, l.clone(), logits[last].clone())
                 };
                 match (&complete, dispatch) {
-                    (Some(c), Some(d)) => {
-                        loss + ce.forward(c[k].clone(), batch.targets.clone()) * d.complete_weight
-                            + kl_to_teacher(l.clone(), c[k].clone(), 1.0) * d.distill_weight
+                    (Some(c), Some(_)) => {
+                        loss + ce.forward(c[k].clone(), batch.targets.clone())
+                            * self.dyt.complete_weight
+                            + kl_to_teacher(l.clone(), c[k].clone(), 1.0) * self.dyt.distill_weight
                     }
                     _ => loss,
                 }
@@ -84,7 +88,7 @@ impl<B: Backend> Trainee<B> {
                 .map(|m| m.clone().mean().reshape([1]))
                 .collect();
             let rate = Tensor::cat(rates, 0).mean();
-            loss = loss + (rate - d.token_rate).powi_scalar(2) * d.rate_weight;
+            loss = loss + (rate - d.token_rate).powi_scalar(2) * self.dyt.rate_weight;
         }
         MultiExitOutput {
             loss,

@@ -116,6 +116,7 @@ fn training_lowers_the_loss_and_leaves_the_backbone_alone() {
             label_smoothing: 0.0,
             weight_decay: 0.0,
             distillation: dmpo_train::SelfDistillation::off(),
+            dyt: dmpo_train::DytLoss::new(),
             guard: LossGuard::default(),
         };
         t.forward_loss(batch()).loss.into_scalar()
@@ -476,6 +477,7 @@ fn self_distillation_changes_the_early_exits_losses_only() {
             label_smoothing: 0.0,
             weight_decay: 0.0,
             distillation,
+            dyt: dmpo_train::DytLoss::new(),
             guard: LossGuard::default(),
         };
         let out = t.forward_loss(eval_batcher.batch::<NdArray>(&refs, 0, 0, 1, &device));

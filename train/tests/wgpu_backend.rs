@@ -265,6 +265,7 @@ fn step<B: AutodiffBackend>(
         label_smoothing: 0.1,
         weight_decay: 0.0,
         distillation: SelfDistillation::new().with_weight(0.5),
+        dyt: dmpo_train::DytLoss::new(),
         guard: LossGuard::default(),
     };
     let out = trainee.forward_loss(batcher.batch::<B>(&refs, 0, 0, 1, device));
