@@ -322,3 +322,84 @@ fn calibration_on_no_image_is_refused_rather_than_writing_thresholds_of_one() {
     assert!(err.contains("no held-out image"), "{err}");
     assert!(calibrate(&synthetic_scores(50, 1), Budget::Fraction(0.9)).is_ok());
 }
+
+/// DMPO+DyT: one budget covers exits and skipped tokens. Calibrated where the budget binds
+/// (halfway between the cheapest exit and full depth, both net of the tokens skipped), the
+/// engine takes the simulation's exits and spends its MACs, tokens saved included.
+#[test]
+fn combined_budget_calibration_with_token_dispatch_is_what_the_engine_does() {
+    let device = Default::default();
+    let vit = VitConfig::tiny().init::<B>(&device);
+    let mut model = DmpoConfig::new(5)
+        .with_dispatch(Some(dmpo_model::dyt::DispatchConfig::new()))
+        .init(vit, &device)
+        .unwrap();
+    assert!(model.dispatches());
+    let n = 32;
+    let x = Tensor::<B, 4>::random([n, 3, 16, 16], Distribution::Default, &device);
+    // Freshly initialised gates may keep nearly every token on these images: each dispatcher's
+    // bias at the median of its logits, block by block, so that about half are skipped.
+    let mut h = model.embed(x.clone());
+    for i in 0..model.dispatchers.len() {
+        let attended = model.backbone.blocks[i].forward_attention_residual(h.clone());
+        let d = &mut model.dispatchers[i];
+        let bias = d.proj.bias.as_ref().unwrap().val();
+        let mut z: Vec<f32> = (d.logits(attended) - bias.unsqueeze::<2>())
+            .into_data()
+            .to_vec()
+            .unwrap();
+        z.sort_by(f32::total_cmp);
+        let median = z[z.len() / 2];
+        d.proj.bias = Some(burn::module::Param::from_tensor(Tensor::from_floats(
+            [-median],
+            &device,
+        )));
+        h = model
+            .forward_block_with(i, h, dmpo_model::dyt::Dispatch::Hard)
+            .0;
+    }
+    let labels: Vec<usize> = (0..n).map(|i| i % 5).collect();
+    let scores = collect_scores(
+        &model,
+        [(x.clone(), labels)],
+        Criterion::MaxProb,
+        model.backbone_macs(),
+    );
+    let rate = scores.token_rate().expect("tokens were dispatched");
+    assert!(
+        rate > 0.05 && rate < 0.95,
+        "the gates keep {rate} of the tokens"
+    );
+
+    let full = simulate(&scores, &ExitPolicy::full_depth(model.num_exits())).mean_macs;
+    let first = scores.exit_macs()[0] as f64;
+    let saved_first = (0..n).map(|i| scores.saved_by(i, 0) as f64).sum::<f64>() / n as f64;
+    let cheapest = first - saved_first;
+    let target = (cheapest + full) / 2.0;
+    let (policy, sim) = calibrate(&scores, Budget::Macs(target)).unwrap();
+    assert!(sim.mean_macs <= target, "{} > {target}", sim.mean_macs);
+    assert!(
+        sim.exit_histogram[..sim.exit_histogram.len() - 1]
+            .iter()
+            .sum::<usize>()
+            > 0,
+        "the budget binds: some samples leave early {sim:?}"
+    );
+
+    let preds = run_early_exit(&model, x, &policy).unwrap();
+    let mut hist = vec![0; model.num_exits()];
+    preds.iter().for_each(|p| hist[p.exit] += 1);
+    assert_eq!(hist, sim.exit_histogram);
+    let mean = preds.iter().map(|p| p.macs as f64).sum::<f64>() / n as f64;
+    assert!(
+        (mean - sim.mean_macs).abs() < 1e-6,
+        "{mean} vs {}",
+        sim.mean_macs
+    );
+    // Tokens saved are counted: no sample costs more than its exit with every token kept, and
+    // together they cost less.
+    let costs = policy.exit_costs(&model.stage_costs());
+    assert!(preds.iter().all(|p| p.macs <= costs[p.exit]), "{preds:?}");
+    let kept_all: u64 = preds.iter().map(|p| costs[p.exit]).sum();
+    assert!(preds.iter().map(|p| p.macs).sum::<u64>() < kept_all);
+}
