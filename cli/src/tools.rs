@@ -31,6 +31,10 @@ pub struct SubsetArgs {
     train_per_class: usize,
     #[arg(long, default_value_t = 100)]
     test_per_class: usize,
+    /// Pass over the first N images of each class first (a subset disjoint from one made with
+    /// the defaults: `--skip-per-class 200`).
+    #[arg(long, default_value_t = 0)]
+    skip_per_class: usize,
 }
 
 /// Time the training step (forward of every exit, loss, backward, AdamW) on random images of a
@@ -78,7 +82,13 @@ pub fn pixel_baseline(a: PixelBaselineArgs) -> Result<(), Error> {
 }
 
 pub fn subset(a: SubsetArgs) -> Result<(), Error> {
-    write_idx_subset(&a.from, &a.out, a.train_per_class, a.test_per_class)?;
+    write_idx_subset(
+        &a.from,
+        &a.out,
+        a.train_per_class,
+        a.test_per_class,
+        a.skip_per_class,
+    )?;
     Ok(())
 }
 

@@ -262,3 +262,36 @@ fn what_the_fuzzer_found_stays_fixed() {
     let err = decode_file(&path).unwrap_err().to_string();
     assert!(err.contains("has no pixels"), "{err}");
 }
+
+/// `subset`: the first N of each class, or, with a skip, the next N: two subsets that share no
+/// image (the demo's data and a validation set carved beside it).
+#[test]
+fn subsets_with_a_skip_share_no_image_with_those_without() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().join("full");
+    std::fs::create_dir(&d).unwrap();
+    // 12 images, labels 0,1,0,1,...: six per class, each image distinct.
+    let labels: Vec<u8> = (0..12).map(|i| (i % 2) as u8).collect();
+    for prefix in ["train", "t10k"] {
+        std::fs::write(
+            d.join(format!("{prefix}-images-idx3-ubyte")),
+            idx_images(12, 4, 4),
+        )
+        .unwrap();
+        std::fs::write(
+            d.join(format!("{prefix}-labels-idx1-ubyte")),
+            idx_labels(&labels),
+        )
+        .unwrap();
+    }
+    let (first, second) = (dir.path().join("first"), dir.path().join("second"));
+    dmpo_infer::data::write_idx_subset(&d, &first, 2, 1, 0).unwrap();
+    dmpo_infer::data::write_idx_subset(&d, &second, 3, 1, 2).unwrap();
+    let images = |dir: &Path| read_idx_images(&dir.join("train-images-idx3-ubyte.gz")).unwrap();
+    let (a, b) = (images(&first), images(&second));
+    assert_eq!((a.len(), b.len()), (4, 6));
+    assert!(a.iter().all(|x| !b.contains(x)), "the subsets overlap");
+    let all = read_idx_images(&d.join("train-images-idx3-ubyte")).unwrap();
+    // The second subset is images 4..9 of the file: the 3rd to 5th of each class.
+    assert_eq!(b, all[4..10].to_vec());
+}

@@ -7,12 +7,15 @@ use std::path::{Path, PathBuf};
 use super::{DataError, read_idx_images, read_idx_labels};
 
 /// Copies the first `train_n` images of each class of `from`'s training split and the first
-/// `test_n` of its test split (`t10k`) into `out`, each file written atomically.
+/// `test_n` of its test split (`t10k`) into `out`, each file written atomically; `skip` images
+/// of each class are passed over first in both splits (so a second subset can be made that
+/// shares no image with a first one of `skip` per class).
 pub fn write_idx_subset(
     from: &Path,
     out: &Path,
     train_n: usize,
     test_n: usize,
+    skip: usize,
 ) -> Result<(), DataError> {
     let io = |path: &Path| {
         let path = path.to_path_buf();
@@ -42,7 +45,7 @@ pub fn write_idx_subset(
         let keep: Vec<usize> = (0..labels.len().min(images.len()))
             .filter(|&i| {
                 counts[labels[i]] += 1;
-                counts[labels[i]] <= n
+                counts[labels[i]] > skip && counts[labels[i]] <= skip + n
             })
             .collect();
         let mut img_bytes = vec![0, 0, 8, 3];
