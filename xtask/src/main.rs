@@ -52,7 +52,7 @@ fn usage() -> String {
         "usage: cargo xtask <task> [--backend flex|ndarray|wgpu|cuda] [--debug] [arguments...]\n\ntasks:\n",
     );
     for (task, what) in TASKS {
-        s.push_str(&format!("  {task:<10} {what}\n"));
+        s.push_str(&format!("  {task:<15} {what}\n"));
     }
     s.push_str("\n`cargo xtask <task> --help` lists a task's arguments.\n");
     s
