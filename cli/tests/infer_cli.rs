@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 mod common;
-use common::write_idx;
+use common::{pico_command, write_idx};
 
 /// A model folder trained for one epoch on bars (the pico backbone, two exits).
 fn tiny_model(dir: &Path) -> PathBuf {
@@ -13,18 +13,9 @@ fn tiny_model(dir: &Path) -> PathBuf {
     write_idx(&data, "train", 100, None);
     write_idx(&data, "t10k", 20, None);
     let out = dir.join("model");
-    let fixture =
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/timm/vit_pico_cls.pth");
-    let output = Command::new(env!("CARGO_BIN_EXE_dmpo"))
-        .args(["train", "--heads", "3", "--exits", "2,4", "--epochs", "1"])
-        .args(["--batch", "32", "--workers", "1", "--budgets", "0.9"])
-        .args(["--budget", "0.9", "--no-augment"])
-        .arg("--backbone")
-        .arg(fixture)
-        .arg("--data")
-        .arg(&data)
-        .arg("--out")
-        .arg(&out)
+    let output = pico_command("train", &data, &out)
+        .args(["--epochs", "1", "--batch", "32", "--workers", "1"])
+        .args(["--budgets", "0.9", "--budget", "0.9", "--no-augment"])
         .output()
         .unwrap();
     assert!(

@@ -10,13 +10,7 @@ use burn::prelude::*;
 use dmpo_infer::{load_model_dir, read_model_info, run_early_exit, write_model_info};
 
 mod common;
-use common::write_idx;
-
-fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../tests/fixtures/timm")
-        .join(name)
-}
+use common::{pico_command, write_idx};
 
 #[test]
 fn train_writes_a_model_folder_that_infers_with_early_exit() {
@@ -93,20 +87,6 @@ fn bar_data(dir: &Path, train: usize, test: usize) -> PathBuf {
     write_idx(&data, "train", train, None);
     write_idx(&data, "t10k", test, None);
     data
-}
-
-/// `dmpo-train <task>` of the pico backbone with two exits, on `data` into `out`; callers add
-/// the budgets, the training length and anything else.
-fn pico_command(task: &str, data: &Path, out: &Path) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_dmpo"));
-    cmd.args([task, "--heads", "3", "--exits", "2,4"])
-        .arg("--backbone")
-        .arg(fixture("vit_pico_cls.pth"))
-        .arg("--data")
-        .arg(data)
-        .arg("--out")
-        .arg(out);
-    cmd
 }
 
 /// `dmpo-train train` of the pico backbone on the bar dataset in `dir/data` into `out`, with

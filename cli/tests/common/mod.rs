@@ -1,7 +1,31 @@
 //! Helpers shared by the command-line tests.
 
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// A file of the timm fixtures.
+#[allow(dead_code)] // each test file includes this module; not every one uses each helper
+pub fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/fixtures/timm")
+        .join(name)
+}
+
+/// `dmpo <task>` of the pico backbone with two exits, on `data` into `out`; callers add the
+/// budgets, the training length and anything else.
+#[allow(dead_code)]
+pub fn pico_command(task: &str, data: &Path, out: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_dmpo"));
+    cmd.args([task, "--heads", "3", "--exits", "2,4"])
+        .arg("--backbone")
+        .arg(fixture("vit_pico_cls.pth"))
+        .arg("--data")
+        .arg(data)
+        .arg("--out")
+        .arg(out);
+    cmd
+}
 
 /// A 10-class MNIST-style directory of `n` images (gzipped IDX, `prefix` = `train` or `t10k`):
 /// image `i` is a bar at row 2(i mod 10)+4, so it can be learnt, with a brightness that depends
