@@ -9,6 +9,8 @@ use dmpo_import::{HostTensor, ImportError, ImportOptions};
 use dmpo_infer::backend::{self, Backend};
 use dmpo_model::vit::GlobalPool;
 
+use crate::checkpoint_args::CheckpointArgs;
+
 /// Convert a checkpoint into a directory (config.json + model.bpk).
 #[derive(Args)]
 pub struct ImportArgs {
@@ -55,15 +57,8 @@ struct Source {
     /// A .safetensors / .pth checkpoint (timm or Hugging Face), or a directory from `import`.
     #[arg(long)]
     weights: PathBuf,
-    /// timm architecture name (e.g. vit_small_patch16_224): gives the number of heads.
-    #[arg(long)]
-    arch: Option<String>,
-    /// Number of attention heads (default: from --arch, else width / 64).
-    #[arg(long)]
-    heads: Option<usize>,
-    /// Input resolution; the position embedding is resampled when it differs.
-    #[arg(long)]
-    img_size: Option<usize>,
+    #[command(flatten)]
+    checkpoint: CheckpointArgs,
     /// Pooling: token or avg (default: what the checkpoint implies).
     #[arg(long, value_parser = parse_pool)]
     global_pool: Option<GlobalPool>,
@@ -83,12 +78,9 @@ fn parse_pool(s: &str) -> Result<GlobalPool, String> {
 impl Source {
     fn options(&self) -> ImportOptions {
         ImportOptions {
-            arch: self.arch.clone(),
-            num_heads: self.heads,
-            img_size: self.img_size,
             global_pool: self.global_pool,
             norm_eps: self.norm_eps,
-            resampling: None,
+            ..self.checkpoint.options()
         }
     }
 }

@@ -8,6 +8,7 @@
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+mod checkpoint_args;
 mod import_tasks;
 mod infer_tasks;
 mod logging;

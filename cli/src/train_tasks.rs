@@ -5,13 +5,13 @@ use std::path::PathBuf;
 
 use burn::backend::Autodiff;
 use clap::Args;
-use dmpo_import::ImportOptions;
 use dmpo_infer::backend::{self, Backend};
 use dmpo_infer::summary_table;
 use dmpo_train::{
     Arm, BackboneSource, CompareConfig, DataOptions, Recipe, SelfDistillation, TuneConfig, TuneData,
 };
 
+use crate::checkpoint_args::CheckpointArgs;
 use crate::{Error, paths};
 
 pub type TrainBackend = Autodiff<Backend>;
@@ -62,14 +62,8 @@ pub struct RunArgs {
     /// [default: the embedded demo backbone, assets/backbone].
     #[arg(long)]
     backbone: Option<PathBuf>,
-    #[arg(long)]
-    arch: Option<String>,
-    #[arg(long)]
-    heads: Option<usize>,
-    /// Run the backbone at this input size: a checkpoint file's position grid is resampled to
-    /// it (as timm does, or as the ONNX graph does) [default: the backbone's].
-    #[arg(long)]
-    img_size: Option<usize>,
+    #[command(flatten)]
+    checkpoint: CheckpointArgs,
     /// Dataset directory (IDX, CIFAR, VTAB-1k lists or train/ + val/ image folders)
     /// [default: the embedded Fashion-MNIST subset, assets/fashion-mnist-demo].
     #[arg(long)]
@@ -218,12 +212,7 @@ impl RunArgs {
                 .backbone
                 .clone()
                 .unwrap_or_else(paths::default_backbone),
-            import: ImportOptions {
-                arch: self.arch.clone(),
-                num_heads: self.heads,
-                img_size: self.img_size,
-                ..Default::default()
-            },
+            import: self.checkpoint.options(),
         }
     }
 
