@@ -92,8 +92,14 @@ pub fn run_early_exit<B: Backend, M: MultiExit<B>>(
         };
         alive = keep.into_iter().map(|r| alive[r]).collect();
     }
-    // The last exit answers every sample still running, so every slot is filled.
-    Ok(done.into_iter().flatten().collect())
+    // The last exit answers every sample still running, so every slot is filled; were one not,
+    // the answers would no longer line up with the images: an error, not a shorter list.
+    done.into_iter()
+        .collect::<Option<Vec<_>>>()
+        .ok_or_else(|| InferError::Input {
+            input: "images".into(),
+            reason: "an image left at no exit (the policy's last exit must answer)".into(),
+        })
 }
 
 pub(crate) fn argmax(p: &[f32]) -> usize {

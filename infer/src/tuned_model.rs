@@ -114,8 +114,7 @@ impl<B: Backend> TunedModel<B> {
     /// Classifies `images` with early exit under the saved thresholds: per image its class,
     /// confidence, the exit it left at and the MACs it cost, in input order.
     pub fn classify(&self, images: &[DynamicImage]) -> Result<Vec<Prediction>, InferError> {
-        let policy = self.policy()?.clone();
-        self.classify_with(images, &policy)
+        self.classify_with(images, self.policy()?)
     }
 
     /// [`Self::classify`] under another policy (e.g. one calibrated for another budget, or
