@@ -15,6 +15,9 @@ full fine-tuning. Interleaved like the forward's: within a round, PyTorch is tim
 after each of our builds and each ratio is against the mean of the two; the whole sweep runs
 `--rounds` times (3 by default). bench_train_vs_torch.{csv,json} keep one row per round,
 bench_train_vs_torch_summary.csv the median ratio and its spread per configuration.
+Each of our rows also has its achieved GFLOP/s (the step's nominal work: forward, activation
+gradients and, in full fine-tuning, weight gradients) and the fraction of the gemm peak that
+`dmpo roofline` measures at the start of every round.
 
     cargo build --release -p dmpo-cli --bin dmpo              # one binary per backend
     benches/setup.sh                                          # PyTorch, timm, OpenBLAS, perf
@@ -248,6 +251,8 @@ def main():
     torch_cmd = lambda arch, tuning: [sys.executable, __file__, "--torch-one", "--arch", arch,
                                       "--tuning", tuning, "--threads", str(a.threads)] + common
     for rnd in range(1, a.rounds + 1):
+        peak = run_json([binaries[0][1], "roofline", "--seconds", "1"], env)["peak_gflops"]
+        print(f"round {rnd}: gemm peak {peak:.1f} GFLOP/s", flush=True)
         for arch in a.archs.split(","):
             for tuning in a.tunings.split(","):
                 before = run_json(torch_cmd(arch, tuning))
@@ -264,7 +269,10 @@ def main():
                     before = after
                     row = dict(ours, round=rnd, backend=name, threads=a.threads,
                                torch_images_per_s=round(ref, 3),
-                               ratio=round(ours["images_per_s"] / ref, 3))
+                               ratio=round(ours["images_per_s"] / ref, 3),
+                               gflops=round(ours["images_per_s"] * ours["nominal_flops_per_image"] / 1e9, 2),
+                               peak_gflops=round(peak, 2))
+                    row["peak_fraction"] = round(row["gflops"] / peak, 3)
                     rows.append(row)
                     print(f"round {rnd} {arch:24} {tuning:6} {name:12} {ours['images_per_s']:7.2f} img/s  "
                           f"step memory {ours['step_memory_bytes'] / 2**20:7.0f} MiB  "
@@ -273,7 +281,7 @@ def main():
     with open(os.path.join(a.out, "bench_train_vs_torch.json"), "w") as f:
         json.dump(rows, f, indent=1)
     fields = ["round", "arch", "tuning", "backend", "batch", "threads", "images_per_s",
-              "torch_images_per_s", "ratio", "step_s",
+              "torch_images_per_s", "ratio", "step_s", "gflops", "peak_gflops", "peak_fraction",
               "step_memory_bytes", "peak_memory_bytes", "trainable_params", "total_params"]
     with open(os.path.join(a.out, "bench_train_vs_torch.csv"), "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
@@ -282,14 +290,18 @@ def main():
     summary = os.path.join(a.out, "bench_train_vs_torch_summary.csv")
     with open(summary, "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["arch", "tuning", "backend", "rounds", "median_ratio", "min_ratio", "max_ratio"])
+        w.writerow(["arch", "tuning", "backend", "rounds", "median_ratio", "min_ratio", "max_ratio",
+                    "median_gflops", "median_peak_fraction"])
         groups = {}
         for r in rows:
             if r["backend"] != "pytorch":
-                groups.setdefault((r["arch"], r["tuning"], r["backend"]), []).append(r["ratio"])
-        for key, ratios in groups.items():
+                groups.setdefault((r["arch"], r["tuning"], r["backend"]), []).append(r)
+        for key, group in groups.items():
+            ratios = [r["ratio"] for r in group]
             w.writerow(list(key) + [len(ratios), round(statistics.median(ratios), 3),
-                                    min(ratios), max(ratios)])
+                                    min(ratios), max(ratios),
+                                    round(statistics.median(r["gflops"] for r in group), 2),
+                                    round(statistics.median(r["peak_fraction"] for r in group), 3)])
             print(f"{' '.join(key):48} median ratio {statistics.median(ratios):.2f} "
                   f"(min {min(ratios):.2f}, max {max(ratios):.2f}, {len(ratios)} rounds)")
     return 0

@@ -193,19 +193,34 @@ pub fn bench_vit(a: BenchVitArgs) -> Result<(), ImportError> {
         })
         .collect();
     seconds.sort_by(f64::total_cmp);
-    let median = seconds[seconds.len() / 2];
+    // Nearest-rank percentiles of the timed passes (with few passes the tail ones are the max).
+    let pct =
+        |p: f64| seconds[((p * seconds.len() as f64).ceil() as usize).clamp(1, seconds.len()) - 1];
+    let (median, p95, p99) = (seconds[seconds.len() / 2], pct(0.95), pct(0.99));
+    let macs = v.macs();
+    let gflops = 2.0 * macs as f64 * batch as f64 / median / 1e9;
     tracing::info!(
-        "{} on {}: batch {batch}, median {:.1} ms over {} passes",
+        "{} on {}: batch {batch}, median {:.1} ms (p95 {:.1}, p99 {:.1}) over {} passes, {gflops:.1} GFLOP/s",
         source.weights.display(),
         backend::NAME,
         median * 1e3,
+        p95 * 1e3,
+        p99 * 1e3,
         seconds.len()
     );
     // The one machine-readable line, on stdout.
     let line = format!(
-        "{{\"backend\":\"{}\",\"batch\":{batch},\"median_s\":{median},\"images_per_s\":{}}}\n",
-        backend::NAME,
-        batch as f64 / median
+        "{}\n",
+        serde_json::json!({
+            "backend": backend::NAME,
+            "batch": batch,
+            "median_s": median,
+            "p95_s": p95,
+            "p99_s": p99,
+            "images_per_s": batch as f64 / median,
+            "macs_per_image": macs,
+            "gflops": gflops,
+        })
     );
     std::io::Write::write_all(&mut std::io::stdout(), line.as_bytes()).map_err(|source| {
         ImportError::Io {

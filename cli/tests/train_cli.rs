@@ -250,6 +250,23 @@ fn compare_runs_every_arm_for_every_seed_and_resumes_finished_runs() {
     let summary: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
     assert_eq!(summary[0]["full_depth"]["accuracy"]["runs"], 2);
+    // One row per arm, seed and budget (full depth, and 70 % for the two multi-exit arms), and
+    // the summary's mean is theirs.
+    let runs = std::fs::read_to_string(out.join("runs.csv")).unwrap();
+    assert_eq!(runs.lines().count(), 1 + (2 * 2 + 2) * 2, "{runs}");
+    let full: Vec<f64> = runs
+        .lines()
+        .filter(|l| l.starts_with("DMPO,") && l.contains(",1.0000,"))
+        .map(|l| l.split(',').nth(5).unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(full.len(), 2, "{runs}");
+    let mean = summary[0]["full_depth"]["accuracy"]["mean"]
+        .as_f64()
+        .unwrap();
+    assert!(
+        (mean - (full[0] + full[1]) / 2.0).abs() < 1e-6,
+        "{mean} vs {full:?}"
+    );
 
     let time = out.join("dmpo/seed-1/run-time.json");
     let before = std::fs::read_to_string(&time).unwrap();

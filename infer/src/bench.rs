@@ -25,6 +25,7 @@ pub struct PolicyTiming {
     /// Per-batch latency percentiles, milliseconds.
     pub p50_ms: f64,
     pub p95_ms: f64,
+    pub p99_ms: f64,
     /// Full depth's MACs over this policy's: the speed-up the MACs predict.
     pub macs_speedup: f64,
     /// Full depth's median pass time over this policy's: the speed-up measured.
@@ -113,6 +114,7 @@ pub fn bench_early_exit<B: Backend>(
                 images_per_s: n as f64 / pass,
                 p50_ms: pct(0.5),
                 p95_ms: pct(0.95),
+                p99_ms: pct(0.99),
                 macs_speedup: full_macs / t.macs,
                 time_speedup: full_pass / pass,
             }

@@ -32,6 +32,8 @@ pub mod backend;
 #[cfg(feature = "flex")]
 pub mod flex_kernels;
 pub mod panics;
+#[cfg(feature = "flex")]
+pub mod roofline;
 
 pub use batches::eval_batches;
 pub use bench::{BenchConfig, PolicyTiming, bench_early_exit};
@@ -49,7 +51,9 @@ pub use model_dir::{
 pub use multi_exit::{MultiExit, cumulative_costs};
 #[cfg(feature = "plot")]
 pub use plot::plot_curves;
-pub use seed_summary::{ArmSummary, BudgetSummary, MeanStd, summary_table, write_summary};
+pub use seed_summary::{
+    ArmSummary, BudgetSummary, MeanStd, SeedRun, runs_csv, summary_table, write_runs, write_summary,
+};
 pub use tuned_model::{TunedModel, image_from_pixels};
 
 // What a caller of this crate's functions needs to name their errors and inputs, without

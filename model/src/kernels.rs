@@ -3,13 +3,14 @@
 //! The model crate is generic over `B: Backend` and names no backend, yet on a CPU the ViT
 //! forward spends a third of its time outside matrix products: the copies that split `qkv`
 //! into heads and merge them back, the bias add, the GELU pass. A crate that *does* name a
-//! backend (here `dmpo-import`, for Flex) can install faster, fused versions of three building
-//! blocks with [`install`]; [`linear`], [`qkv_attention`] and [`newton_schulz_sqrt`] use them
+//! backend (here `dmpo-infer`, for Flex) can install faster, fused versions of four building
+//! blocks with [`install`]; [`linear`], [`qkv_attention`], [`matrix_sqrt`] and
+//! [`covariance_features`] use them
 //! when the tensors' backend has them installed and the kernel accepts the input, and fall back
 //! to the plain Burn composition otherwise. So every backend gives the same results (to
 //! rounding) and any Burn app keeps working with no setup. An autodiff backend is a type of its
 //! own: it takes the composition, whose gradients Burn derives, unless kernels with their own
-//! backward were installed for it (as `dmpo-import` does for `Autodiff<Flex>`).
+//! backward were installed for it (as `dmpo-infer` does for `Autodiff<Flex>`).
 
 use std::any::{Any, TypeId};
 use std::sync::RwLock;
@@ -51,11 +52,31 @@ pub type QkvAttentionKernel<B> = fn(&FloatPrimitive<B>, usize) -> Option<FloatPr
 /// number of iterations ([`crate::dmpo::newton_schulz_sqrt`]). `None`: declined.
 pub type NewtonSchulzKernel<B> = fn(&FloatPrimitive<B>, usize) -> Option<FloatPrimitive<B>>;
 
+/// A covariance head's pooling, whole ([`crate::dmpo::CovarianceHead`]): the patch tokens of
+/// `tokens: [B, T, D]` (after `prefix` class/register tokens) layer-normed, reduced to `d'`,
+/// their covariance, its Newton–Schulz square root (`iterations`, trace-normalised with `eps`
+/// and rescaled), and the upper triangle, `[B, d'(d'+1)/2]`. `None`: declined.
+pub type CovariancePoolKernel<B> = fn(&CovariancePool<B>) -> Option<FloatPrimitive<B>>;
+
+/// What [`CovariancePoolKernel`] is given: the tokens and the head's parameters.
+pub struct CovariancePool<B: Backend> {
+    pub tokens: FloatPrimitive<B>,
+    pub prefix: usize,
+    pub norm_gamma: FloatPrimitive<B>,
+    pub norm_beta: Option<FloatPrimitive<B>>,
+    pub norm_eps: f64,
+    /// `[D, d']`, Burn's layout.
+    pub reduce_weight: FloatPrimitive<B>,
+    pub iterations: usize,
+    pub eps: f64,
+}
+
 /// The fused kernels of one backend; a missing one is composed from Burn ops.
 pub struct Kernels<B: Backend> {
     pub linear: Option<LinearKernel<B>>,
     pub qkv_attention: Option<QkvAttentionKernel<B>>,
     pub newton_schulz: Option<NewtonSchulzKernel<B>>,
+    pub covariance_pool: Option<CovariancePoolKernel<B>>,
 }
 
 impl<B: Backend> Clone for Kernels<B> {
@@ -130,6 +151,32 @@ pub fn matrix_sqrt<B: Backend>(a: Tensor<B, 3>, iterations: usize) -> Tensor<B, 
     crate::dmpo::newton_schulz_sqrt(a, iterations)
 }
 
+/// The covariance head's features (`[B, T, D]` → `[B, d'(d'+1)/2]`): the backend's fused
+/// kernel when one is installed and accepts the input (on Flex, inference only, one image per
+/// task), otherwise `composed`, the head's own composition.
+pub fn covariance_features<B: Backend>(
+    head: &crate::dmpo::CovarianceHead<B>,
+    tokens: Tensor<B, 3>,
+    composed: impl FnOnce(Tensor<B, 3>) -> Tensor<B, 2>,
+) -> Tensor<B, 2> {
+    if let Some(kernel) = installed::<B>().and_then(|k| k.covariance_pool) {
+        let input = CovariancePool {
+            tokens: float(&tokens),
+            prefix: head.num_prefix_tokens,
+            norm_gamma: float(&head.norm.gamma.val()),
+            norm_beta: head.norm.beta.as_ref().map(|b| float(&b.val())),
+            norm_eps: crate::dmpo::CovarianceHead::<B>::NORM_EPS,
+            reduce_weight: float(&head.reduce.weight.val()),
+            iterations: head.iterations,
+            eps: head.eps,
+        };
+        if let Some(out) = kernel(&input) {
+            return Tensor::from_primitive(TensorPrimitive::Float(out));
+        }
+    }
+    composed(tokens)
+}
+
 /// Self-attention from the output of a fused `qkv` projection `[B, N, 3·D]` → `[B, N, D]`.
 pub fn qkv_attention<B: Backend>(qkv: Tensor<B, 3>, heads: usize) -> Tensor<B, 3> {
     if let Some(kernel) = installed::<B>().and_then(|k| k.qkv_attention)
@@ -195,6 +242,7 @@ mod tests {
             linear: Some(doubling_linear),
             qkv_attention: None,
             newton_schulz: None,
+            covariance_pool: None,
         });
         let fused = linear(&layer, x.clone(), Activation::None);
         fused
@@ -207,6 +255,7 @@ mod tests {
             linear: Some(declining_linear),
             qkv_attention: None,
             newton_schulz: None,
+            covariance_pool: None,
         });
         linear(&layer, x.clone(), Activation::None)
             .to_data()

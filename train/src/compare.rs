@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use burn::tensor::backend::AutodiffBackend;
-use dmpo_infer::{ArmSummary, EvalReport, write_report, write_summary};
+use dmpo_infer::{ArmSummary, EvalReport, SeedRun, write_report, write_runs, write_summary};
 
 use crate::tune::{BackboneSource, TuneData, arm_settings, tune};
 use crate::{Arm, TuneConfig, TuneError};
@@ -34,8 +34,8 @@ pub struct CompareReport {
 }
 
 /// Trains every arm for every seed into `out/<arm>[/seed-<s>]`, seed by seed (so an interrupted
-/// comparison has whole seeds to show), then writes `summary.{json,csv,md,svg}` (and, for one
-/// seed, `compare.{json,csv,svg}`). With `resume`, runs finished before are read back and an
+/// comparison has whole seeds to show), then writes `summary.{json,csv,md,svg}`, `runs.csv`
+/// (one row per arm, seed and budget) and, for one seed, `compare.{json,csv,svg}`. With `resume`, runs finished before are read back and an
 /// interrupted one continues from its last checkpoint.
 pub fn compare<B: AutodiffBackend>(
     config: &CompareConfig,
@@ -112,7 +112,27 @@ pub fn compare<B: AutodiffBackend>(
     let mut fractions = config.tune.budgets.clone();
     fractions.push(1.0);
     write_summary(out, &summaries, &fractions).map_err(io)?;
-    tracing::info!("wrote {}/summary.{{json,csv,md,svg}}", out.display());
+    let rows: Vec<SeedRun> = seeds
+        .iter()
+        .enumerate()
+        .flat_map(|(s, &seed)| {
+            config
+                .arms
+                .iter()
+                .zip(&runs)
+                .map(move |(arm, runs)| SeedRun {
+                    method: arm.name(),
+                    seed,
+                    report: &runs[s].0,
+                    seconds: runs[s].1,
+                })
+        })
+        .collect();
+    write_runs(out, &rows).map_err(io)?;
+    tracing::info!(
+        "wrote {}/summary.{{json,csv,md,svg}} and runs.csv (one row per arm, seed and budget)",
+        out.display()
+    );
     Ok(CompareReport {
         runs,
         summaries,

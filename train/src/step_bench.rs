@@ -94,6 +94,13 @@ pub struct StepReport {
     pub step_memory_bytes: Option<u64>,
     /// Peak resident memory of the process.
     pub peak_memory_bytes: Option<u64>,
+    /// One image's forward through every stage and exit, in MACs.
+    pub forward_macs_per_image: u64,
+    /// The step's nominal floating-point work per image: the forward, the activations'
+    /// gradients (as much again) and, in full fine-tuning, the weights' (as much again), at
+    /// 2 flops per MAC. Images/s times this is the GFLOP/s docs/benchmarks.md puts beside the
+    /// machine's gemm peak.
+    pub nominal_flops_per_image: u64,
 }
 
 /// Makes every parameter trainable (full fine-tuning).
@@ -126,6 +133,11 @@ pub fn bench_train_step<B: AutodiffBackend>(
         _ => 2,
     };
     let exits = model.num_exits();
+    let forward_macs_per_image: u64 = model.stage_costs().iter().map(|c| c.total()).sum();
+    let passes = match config.tuning {
+        Tuning::Frozen => 2,
+        Tuning::Full => 3,
+    };
     let mut trainee = Trainee {
         model,
         label_smoothing: 0.1,
@@ -180,6 +192,8 @@ pub fn bench_train_step<B: AutodiffBackend>(
         gradient_tensors,
         step_memory_bytes,
         peak_memory_bytes,
+        forward_macs_per_image,
+        nominal_flops_per_image: 2 * passes * forward_macs_per_image,
     }
 }
 

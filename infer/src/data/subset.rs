@@ -1,9 +1,9 @@
 //! A class-balanced subset of an IDX dataset, written as gzip'ed IDX files (how the demo data
 //! in assets/ was made).
 
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
+use super::idx_write::write_idx_split;
 use super::{DataError, read_idx_images, read_idx_labels};
 
 /// Copies the first `train_n` images of each class of `from`'s training split and the first
@@ -40,40 +40,16 @@ pub fn write_idx_subset(
                 reason: "no images".into(),
             });
         };
-        let (rows, cols) = (first.height(), first.width());
+        let (rows, cols) = (first.height() as usize, first.width() as usize);
         let mut counts = [0usize; 256];
-        let keep: Vec<usize> = (0..labels.len().min(images.len()))
+        let keep: Vec<(&[u8], u8)> = (0..labels.len().min(images.len()))
             .filter(|&i| {
                 counts[labels[i]] += 1;
                 counts[labels[i]] > skip && counts[labels[i]] <= skip + n
             })
+            .map(|i| (images[i].as_raw().as_slice(), labels[i] as u8))
             .collect();
-        let mut img_bytes = vec![0, 0, 8, 3];
-        for v in [keep.len() as u32, rows, cols] {
-            img_bytes.extend(v.to_be_bytes());
-        }
-        let mut lbl_bytes = vec![0, 0, 8, 1];
-        lbl_bytes.extend((keep.len() as u32).to_be_bytes());
-        for &i in &keep {
-            img_bytes.extend_from_slice(images[i].as_raw());
-            lbl_bytes.push(labels[i] as u8);
-        }
-        for (kind, bytes) in [
-            ("images-idx3-ubyte", img_bytes),
-            ("labels-idx1-ubyte", lbl_bytes),
-        ] {
-            let path: PathBuf = out.join(format!("{prefix}-{kind}.gz"));
-            let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
-            let compressed = gz
-                .write_all(&bytes)
-                .and_then(|()| gz.finish())
-                .map_err(io(&path))?;
-            dmpo_import::write_atomic(&path, &compressed).map_err(|e| DataError::Format {
-                path: path.clone(),
-                reason: e.to_string(),
-            })?;
-        }
-        tracing::info!("{prefix}: {} images", keep.len());
+        write_idx_split(out, prefix, rows, cols, &keep)?;
     }
     Ok(())
 }

@@ -82,8 +82,10 @@ pub fn exp_nonpositive(x: f32) -> f32 {
     e * scale
 }
 
-/// Applies `f` to every element, compiled once for AVX2 + FMA (picked at run time) and once
-/// for the baseline target, so the loop is vectorised on any x86-64 without `-C target-cpu`.
+/// Applies `f` to every element, compiled once for AVX-512F, once for AVX2 + FMA (the best the
+/// CPU has is picked at run time), and once for the baseline target, so the loop is
+/// vectorised on any x86-64 without `-C target-cpu`. No version reorders a sum: the results
+/// are the same bits whichever runs.
 #[inline(always)]
 pub fn map_in_place(values: &mut [f32], f: impl Fn(f32) -> f32 + Copy) {
     #[cfg(target_arch = "x86_64")]
@@ -92,6 +94,19 @@ pub fn map_in_place(values: &mut [f32], f: impl Fn(f32) -> f32 + Copy) {
         unsafe fn avx2(values: &mut [f32], f: impl Fn(f32) -> f32 + Copy) {
             for v in values {
                 *v = f(*v);
+            }
+        }
+        {
+            #[target_feature(enable = "avx512f,avx2,fma")]
+            unsafe fn avx512(values: &mut [f32], f: impl Fn(f32) -> f32 + Copy) {
+                for v in values {
+                    *v = f(*v);
+                }
+            }
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                // SAFETY: the CPU has AVX-512F (checked just above), hence AVX2 and FMA.
+                unsafe { avx512(values, f) };
+                return;
             }
         }
         if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
@@ -119,6 +134,19 @@ pub fn zip_in_place(out: &mut [f32], other: &[f32], f: impl Fn(f32, f32) -> f32 
                 *o = f(*o, v);
             }
         }
+        {
+            #[target_feature(enable = "avx512f,avx2,fma")]
+            unsafe fn avx512(out: &mut [f32], other: &[f32], f: impl Fn(f32, f32) -> f32 + Copy) {
+                for (o, &v) in out.iter_mut().zip(other) {
+                    *o = f(*o, v);
+                }
+            }
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                // SAFETY: the CPU has AVX-512F (checked just above), hence AVX2 and FMA.
+                unsafe { avx512(out, other, f) };
+                return;
+            }
+        }
         if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
         {
             // SAFETY: the CPU has AVX2 and FMA (checked just above).
@@ -139,6 +167,17 @@ pub fn softmax_in_place(row: &mut [f32]) {
         #[target_feature(enable = "avx2,fma")]
         unsafe fn avx2(row: &mut [f32]) {
             softmax_body(row)
+        }
+        {
+            #[target_feature(enable = "avx512f,avx2,fma")]
+            unsafe fn avx512(row: &mut [f32]) {
+                softmax_body(row)
+            }
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                // SAFETY: the CPU has AVX-512F (checked just above), hence AVX2 and FMA.
+                unsafe { avx512(row) };
+                return;
+            }
         }
         if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
         {

@@ -2,13 +2,15 @@
 //! ([`dmpo_model::kernels`]) so the generic ViT uses them on Flex and, with their own backward,
 //! on `Autodiff<Flex>` (training).
 //!
-//! Inference also gets the covariance heads' Newton–Schulz iterations as one kernel.
+//! Inference also gets the covariance heads' Newton–Schulz iterations as one kernel, and each
+//! head's whole pooling (LayerNorm to upper triangle) as one task per image.
 //! What each buys is measured in docs/benchmarks.md. `DMPO_KERNELS` in the environment chooses:
 //! `composed` (none: Burn's composition everywhere), `linear` or `attention` (that trunk kernel
 //! only, to compare the two); unset or anything else, all of them.
 
 mod attention;
 mod autodiff;
+mod covariance_pool;
 mod linear;
 pub mod math;
 mod newton_schulz;
@@ -49,6 +51,8 @@ pub fn install() {
             // With the full set only: the per-kernel choices compare the trunk's two.
             newton_schulz: (linear && attention)
                 .then_some(newton_schulz::fused_newton_schulz as kernels::NewtonSchulzKernel<Flex>),
+            covariance_pool: (linear && attention)
+                .then_some(covariance_pool::covariance_pool as kernels::CovariancePoolKernel<Flex>),
         });
         type AD = burn_autodiff::Autodiff<Flex>;
         kernels::install::<AD>(Kernels {
@@ -56,6 +60,7 @@ pub fn install() {
             qkv_attention: attention
                 .then_some(autodiff::qkv_attention as kernels::QkvAttentionKernel<AD>),
             newton_schulz: None,
+            covariance_pool: None,
         });
     });
 }
@@ -162,6 +167,50 @@ mod tests {
             let composed = dmpo_model::dmpo::newton_schulz_sqrt(a, iterations);
             let diff = max_abs_diff(fused, composed);
             assert!(diff <= 1e-5, "{b}x{d}x{d}, {iterations} iterations: {diff}");
+        }
+    }
+
+    #[test]
+    fn fused_covariance_pool_equals_the_heads_composition() {
+        use burn::module::Param;
+        use dmpo_model::dmpo::{CovarianceHead, upper_triangle};
+        let device = Default::default();
+        // With and without a class token, the demo's size, a LayerNorm with scale and shift.
+        for (b, t, dim, r, prefix, iterations) in [
+            (3, 17, 24, 8, 1, 5),
+            (2, 9, 12, 5, 0, 3),
+            (4, 50, 96, 32, 1, 5),
+        ] {
+            let mut head =
+                CovarianceHead::<B>::new(dim, r, 10, iterations, prefix, false, 1e-5, &device);
+            head.norm.gamma = Param::from_tensor(random([dim]) * 0.5 + 1.0);
+            head.norm.beta = Some(Param::from_tensor(random([dim]) * 0.1));
+            let tokens = random([b, t, dim]) * 2.0 + 0.5;
+            let composed = upper_triangle(head.pooled_covariance(tokens.clone()));
+            let input = dmpo_model::kernels::CovariancePool {
+                tokens: tokens.into_primitive().tensor(),
+                prefix,
+                norm_gamma: head.norm.gamma.val().into_primitive().tensor(),
+                norm_beta: head
+                    .norm
+                    .beta
+                    .as_ref()
+                    .map(|b| b.val().into_primitive().tensor()),
+                norm_eps: CovarianceHead::<B>::NORM_EPS,
+                reduce_weight: head.reduce.weight.val().into_primitive().tensor(),
+                iterations,
+                eps: head.eps,
+            };
+            let fused: Tensor<B, 2> = Tensor::from_primitive(burn::tensor::TensorPrimitive::Float(
+                covariance_pool::covariance_pool(&input).expect("f32 accepted"),
+            ));
+            assert_eq!(fused.dims(), [b, r * (r + 1) / 2]);
+            let scale = composed.clone().abs().max().into_scalar();
+            let diff = max_abs_diff(fused, composed);
+            assert!(
+                diff <= 1e-5 * scale.max(1.0),
+                "{b}x{t}x{dim} → {r}: {diff} (scale {scale})"
+            );
         }
     }
 

@@ -37,6 +37,26 @@ fn half_three_eye_minus(d: usize, m: &mut [f32]) {
     }
 }
 
+/// `y ← √a` for one `d × d` row-major matrix by `iterations` (≥ 1) Newton–Schulz steps, on this
+/// thread: the iterations of the reference `dmpo_model::dmpo::newton_schulz_sqrt`.
+pub(super) fn newton_schulz_one(d: usize, a: &[f32], y: &mut [f32], iterations: usize) {
+    let mut p = a.to_vec();
+    half_three_eye_minus(d, &mut p);
+    product(d, y, a, &p);
+    let mut z = p.clone();
+    let (mut scratch, mut next) = (vec![0.0f32; d * d], vec![0.0f32; d * d]);
+    for i in 1..iterations {
+        product(d, &mut p, &z, y);
+        half_three_eye_minus(d, &mut p);
+        product(d, &mut scratch, y, &p);
+        y.copy_from_slice(&scratch);
+        if i + 1 < iterations {
+            product(d, &mut next, &p, &z);
+            std::mem::swap(&mut z, &mut next);
+        }
+    }
+}
+
 /// The same iterations as the reference `dmpo_model::dmpo::newton_schulz_sqrt`, one image at a
 /// time on Flex's buffers: `a: [B, d, d]` → `[B, d, d]`. `None` (declined) for other dtypes or
 /// shapes.
@@ -52,23 +72,7 @@ pub fn fused_newton_schulz(a: &FlexTensor, iterations: usize) -> Option<FlexTens
     if d > 0 {
         out.par_chunks_mut(d * d)
             .zip(values.par_chunks(d * d))
-            .for_each(|(y, a)| {
-                let mut p = a.to_vec();
-                half_three_eye_minus(d, &mut p);
-                product(d, y, a, &p);
-                let mut z = p.clone();
-                let (mut scratch, mut next) = (vec![0.0f32; d * d], vec![0.0f32; d * d]);
-                for i in 1..iterations {
-                    product(d, &mut p, &z, y);
-                    half_three_eye_minus(d, &mut p);
-                    product(d, &mut scratch, y, &p);
-                    y.copy_from_slice(&scratch);
-                    if i + 1 < iterations {
-                        product(d, &mut next, &p, &z);
-                        std::mem::swap(&mut z, &mut next);
-                    }
-                }
-            });
+            .for_each(|(y, a)| newton_schulz_one(d, a, y, iterations));
     }
     Some(FlexTensor::new(
         Bytes::from_elems(out),

@@ -34,6 +34,9 @@ impl<B: Backend> Adapter<B> {
 
     pub fn forward(&self, normed: Tensor<B, 3>) -> Tensor<B, 3> {
         let hidden = kernels::linear(&self.down, normed, Activation::Relu);
-        kernels::linear(&self.up, hidden, Activation::None) * self.scale
+        super::scaled(
+            kernels::linear(&self.up, hidden, Activation::None),
+            self.scale,
+        )
     }
 }

@@ -37,6 +37,9 @@ impl<B: Backend> Bypass<B> {
 
     pub fn forward(&self, h: Tensor<B, 3>) -> Tensor<B, 3> {
         let hidden = kernels::linear(&self.down, self.norm.forward(h.clone()), Activation::Gelu);
-        h + kernels::linear(&self.up, hidden, Activation::None) * self.scale
+        h + super::scaled(
+            kernels::linear(&self.up, hidden, Activation::None),
+            self.scale,
+        )
     }
 }

@@ -26,6 +26,10 @@ pub struct CovarianceHead<B: Backend> {
 }
 
 impl<B: Backend> CovarianceHead<B> {
+    /// The epsilon of the head's LayerNorm (timm's, as the backbone's), which a fused kernel
+    /// needs and Burn's `LayerNorm` does not expose.
+    pub const NORM_EPS: f64 = 1e-6;
+
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         dim: usize,
@@ -38,7 +42,9 @@ impl<B: Backend> CovarianceHead<B> {
         device: &B::Device,
     ) -> Self {
         Self {
-            norm: LayerNormConfig::new(dim).with_epsilon(1e-6).init(device),
+            norm: LayerNormConfig::new(dim)
+                .with_epsilon(Self::NORM_EPS)
+                .init(device),
             reduce: LinearConfig::new(dim, reduced).init(device),
             classifier: LinearConfig::new(reduced * (reduced + 1) / 2, num_classes).init(device),
             cls: (fuse_cls && num_prefix_tokens > 0)
@@ -104,11 +110,10 @@ impl<B: Backend> CovarianceHead<B> {
                     .reshape([b, d]),
             )
         });
-        let logits = kernels::linear(
-            &self.classifier,
-            upper_triangle(self.pooled_covariance(tokens)),
-            Activation::None,
-        );
+        let features = kernels::covariance_features(self, tokens, |tokens| {
+            upper_triangle(self.pooled_covariance(tokens))
+        });
+        let logits = kernels::linear(&self.classifier, features, Activation::None);
         match cls {
             Some(c) => logits + c,
             None => logits,

@@ -33,3 +33,12 @@ pub use exit_head::ExitHead;
 pub use linear_head::LinearHead;
 pub use model::{DmpoModel, ParamCounts};
 pub use newton_schulz::{newton_schulz_sqrt, upper_triangle};
+
+/// `x · scale`, without the pass over `x` when the scale is 1 (the demo's and DyT's adapter
+/// scale): multiplying by 1 changes no bit, in the forward or the gradient.
+fn scaled<B: burn::prelude::Backend, const D: usize>(
+    x: burn::prelude::Tensor<B, D>,
+    scale: f64,
+) -> burn::prelude::Tensor<B, D> {
+    if scale == 1.0 { x } else { x * scale }
+}

@@ -99,6 +99,21 @@ impl VitConfig {
         self.embed_dim / self.num_heads
     }
 
+    /// One image's full forward pass in multiply-accumulates (patch embedding, blocks, head;
+    /// the convention of `dmpo::cost`): what a throughput becomes GFLOP/s with.
+    pub fn macs(&self) -> u64 {
+        use crate::dmpo::{vit_block_macs, vit_embed_macs};
+        let d = self.embed_dim as u64;
+        vit_embed_macs(
+            self.num_patches() as u64,
+            self.in_chans as u64,
+            self.patch_size as u64,
+            d,
+        ) + self.depth as u64
+            * vit_block_macs(self.num_tokens() as u64, d, self.mlp_hidden_dim as u64)
+            + d * self.num_classes as u64
+    }
+
     /// Checks the invariants timm asserts in its constructor, with a message a user can act on.
     pub fn validate(&self) -> Result<(), String> {
         if self.patch_size == 0
@@ -183,5 +198,16 @@ impl VitConfig {
             num_prefix_tokens: self.num_prefix_tokens(),
             no_embed_class: self.no_embed_class,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn vit_b16_costs_what_fvcore_counts() {
+        // 17.56 G in the layers `dmpo::cost` counts (fvcore, which also counts a few
+        // element-wise ops, prints 17.58 G for timm's vit_base_patch16_224).
+        let macs = crate::vit::preset("vit_base_patch16_224").unwrap().macs();
+        assert!((17.55e9..17.57e9).contains(&(macs as f64)), "{macs}");
     }
 }

@@ -1,0 +1,144 @@
+//! A covariance head's whole pooling as one kernel per image, for inference on Flex.
+//!
+//! Composed from Burn ops, the head is about a dozen passes over the batch (LayerNorm, the
+//! reduction, the mean, the centring, the covariance product, the trace, two scalings, the
+//! Newton–Schulz iterations, the triangle's gather), each allocating its output; at the demo's
+//! size (49 tokens × 96 → 32) that overhead, not the arithmetic, made an exit cost twice what
+//! its MACs say. Here one task takes one image from its tokens to its upper triangle with every
+//! intermediate in cache. The reduction's bias is not added: the centring over tokens removes
+//! it exactly. Under autodiff the head keeps Burn's composition, whose gradient Burn derives.
+
+use burn::backend::Flex;
+use burn::tensor::{Bytes, DType};
+use burn_flex::{FlexTensor, Layout};
+use dmpo_model::kernels::CovariancePool;
+use rayon::prelude::*;
+
+use super::newton_schulz::newton_schulz_one;
+use super::product::{Operand, product};
+
+/// `[B, T, D]` tokens → `[B, d'(d'+1)/2]` features; `None` (declined) for other dtypes or
+/// shapes.
+pub fn covariance_pool(input: &CovariancePool<Flex>) -> Option<FlexTensor> {
+    let f32s = |t: &FlexTensor| t.dtype() == DType::F32;
+    let CovariancePool {
+        tokens,
+        prefix,
+        norm_gamma,
+        norm_beta,
+        norm_eps,
+        reduce_weight,
+        iterations,
+        eps,
+    } = input;
+    if !f32s(tokens)
+        || !f32s(norm_gamma)
+        || !f32s(reduce_weight)
+        || !norm_beta.as_ref().is_none_or(f32s)
+    {
+        return None;
+    }
+    let shape = tokens.layout().shape();
+    let w_shape = reduce_weight.layout().shape();
+    if shape.num_dims() != 3 || w_shape.num_dims() != 2 || *iterations == 0 {
+        return None;
+    }
+    let (b, t, dim) = (shape[0], shape[1], shape[2]);
+    let r = w_shape[1];
+    if t <= *prefix || dim == 0 || r == 0 || w_shape[0] != dim {
+        return None;
+    }
+    let n = t - prefix;
+    let tokens = tokens.to_contiguous();
+    let weight = reduce_weight.to_contiguous();
+    let gamma = norm_gamma.to_contiguous();
+    let beta = norm_beta.as_ref().map(|b| b.to_contiguous());
+    let (tokens, w, gamma) = (
+        tokens.as_slice::<f32>()?,
+        weight.as_slice::<f32>()?,
+        gamma.as_slice::<f32>()?,
+    );
+    let beta = match &beta {
+        Some(b) => Some(b.as_slice::<f32>()?),
+        None => None,
+    };
+    if gamma.len() != dim || beta.is_some_and(|b| b.len() != dim) {
+        return None;
+    }
+    let (norm_eps, eps) = (*norm_eps as f32, *eps as f32);
+    let tri = r * (r + 1) / 2;
+    let mut out = vec![0.0f32; b * tri];
+    out.par_chunks_mut(tri)
+        .zip(tokens.par_chunks(t * dim))
+        .for_each(|(features, image)| {
+            // LayerNorm of each patch token, as Burn's: (x − mean) / √(var + ε) · γ + β.
+            let mut normed = image[prefix * dim..].to_vec();
+            for row in normed.chunks_exact_mut(dim) {
+                let mean = row.iter().sum::<f32>() / dim as f32;
+                let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / dim as f32;
+                let inv = 1.0 / (var + norm_eps).sqrt();
+                for (i, v) in row.iter_mut().enumerate() {
+                    *v = (*v - mean) * inv * gamma[i] + beta.map_or(0.0, |b| b[i]);
+                }
+            }
+            // The reduction to d', then centred over the tokens.
+            let mut x = vec![0.0f32; n * r];
+            // SAFETY: normed is n × dim, w is dim × r, x is n × r, all row-major and owned here.
+            unsafe {
+                product(
+                    (n, r, dim),
+                    x.as_mut_ptr(),
+                    r,
+                    Operand::rows(&normed, dim),
+                    Operand::rows(w, r),
+                    1.0,
+                )
+            };
+            let mut mean = vec![0.0f32; r];
+            for row in x.chunks_exact(r) {
+                for (m, v) in mean.iter_mut().zip(row) {
+                    *m += v;
+                }
+            }
+            for m in &mut mean {
+                *m /= n as f32;
+            }
+            for row in x.chunks_exact_mut(r) {
+                for (v, m) in row.iter_mut().zip(&mean) {
+                    *v -= m;
+                }
+            }
+            // Σ = X̄ᵀX̄ / N, trace-normalised.
+            let mut sigma = vec![0.0f32; r * r];
+            // SAFETY: x is n × r (read transposed in place as r × n), sigma r × r, owned here.
+            unsafe {
+                product(
+                    (r, r, n),
+                    sigma.as_mut_ptr(),
+                    r,
+                    Operand::transposed(&x, r),
+                    Operand::rows(&x, r),
+                    1.0 / n as f32,
+                )
+            };
+            let trace = (0..r).map(|i| sigma[i * r + i]).sum::<f32>() + eps;
+            for v in &mut sigma {
+                *v /= trace;
+            }
+            let mut y = vec![0.0f32; r * r];
+            newton_schulz_one(r, &sigma, &mut y, *iterations);
+            let scale = trace.sqrt();
+            let mut k = 0;
+            for i in 0..r {
+                for j in i..r {
+                    features[k] = y[i * r + j] * scale;
+                    k += 1;
+                }
+            }
+        });
+    Some(FlexTensor::new(
+        Bytes::from_elems(out),
+        Layout::contiguous(burn::tensor::Shape::from([b, tri])),
+        DType::F32,
+    ))
+}
