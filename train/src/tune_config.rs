@@ -58,7 +58,9 @@ pub enum Recipe {
     /// heads get more than width/12 = 8 dimensions, the adapters a full-scale branch (as DyT
     /// uses for small VTAB-1k sets), and crops are off (the backbone saw whole, centred 28×28
     /// images). Its backbone was pretrained with auxiliary class-token classifiers after blocks
-    /// 1–3 (deep supervision), so the covariance heads also read the class token.
+    /// 1–3 (deep supervision), so the covariance heads also read the class token. That stage
+    /// and `fuse_cls` were chosen on a validation split carved from training images, not on the
+    /// demo's test split (`assets/rederive-demo.sh`, docs/results.md).
     Demo,
 }
 
