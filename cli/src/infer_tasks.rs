@@ -258,7 +258,7 @@ pub fn bench_task(a: BenchArgs) -> Result<(), Error> {
         "{:>6} {:>10} {:>9} {:>9} {:>9} {:>10} {:>10} {:>12}",
         "policy", "images/s", "p50 ms", "p95 ms", "p99 ms", "MACs x", "time x", "time/MACs"
     );
-    for t in timings {
+    for t in &timings {
         println!(
             "{:>6} {:>10.1} {:>9.2} {:>9.2} {:>9.2} {:>9.2}x {:>9.2}x {:>12.2}",
             t.name,
@@ -271,5 +271,15 @@ pub fn bench_task(a: BenchArgs) -> Result<(), Error> {
             t.time_speedup / t.macs_speedup
         );
     }
+    // The same figures as one machine-readable line, last on stdout (as bench-vit and
+    // bench-step print theirs), for scripts that run interleaved rounds.
+    let line = serde_json::json!({
+        "backend": backend::NAME,
+        "images": n,
+        "batch": a.data.batch,
+        "passes": config.passes,
+        "policies": timings,
+    });
+    println!("{line}");
     Ok(())
 }

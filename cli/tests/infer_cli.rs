@@ -96,3 +96,52 @@ fn an_empty_folder_or_a_missing_path_fails() {
         "{stderr}"
     );
 }
+
+/// `bench` times full depth and a budget over the same images and ends with one JSON line whose
+/// figures hang together: full depth is the reference, percentiles in order. (A budget near 1
+/// may cost more MACs than full depth: its images pass exit heads that full depth skips.)
+#[test]
+fn bench_reports_full_depth_and_each_budget_as_one_json_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_model(dir.path());
+    let output = Command::new(env!("CARGO_BIN_EXE_dmpo"))
+        .arg("bench")
+        .arg("--model")
+        .arg(&model)
+        .arg("--data")
+        .arg(dir.path().join("data"))
+        .args([
+            "--budgets",
+            "0.9",
+            "--passes",
+            "2",
+            "--images",
+            "16",
+            "--batch",
+            "8",
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let line: serde_json::Value =
+        serde_json::from_str(stdout.lines().last().expect("a JSON line")).unwrap();
+    assert_eq!(line["images"], 16, "{line}");
+    let policies = line["policies"].as_array().unwrap();
+    assert_eq!(policies[0]["name"], "full", "{line}");
+    assert_eq!(policies[0]["macs_speedup"], 1.0, "{line}");
+    assert_eq!(policies[0]["time_speedup"], 1.0, "{line}");
+    for p in policies {
+        let f = |k: &str| p[k].as_f64().unwrap();
+        assert!(f("images_per_s") > 0.0, "{p}");
+        assert!(
+            f("p50_ms") <= f("p95_ms") && f("p95_ms") <= f("p99_ms"),
+            "{p}"
+        );
+        assert!(f("macs_speedup") > 0.0 && f("time_speedup") > 0.0, "{p}");
+    }
+}
