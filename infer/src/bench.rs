@@ -122,7 +122,8 @@ pub fn bench_early_exit<B: Backend>(
         .collect())
 }
 
-fn median(xs: &[f64]) -> f64 {
+/// The median of `xs` (the upper one of an even count); `xs` must not be empty.
+pub(crate) fn median(xs: &[f64]) -> f64 {
     let mut xs = xs.to_vec();
     xs.sort_by(f64::total_cmp);
     xs[xs.len() / 2]

@@ -61,11 +61,6 @@ pub fn avx512_in_use() -> bool {
     }
 }
 
-fn median(mut xs: Vec<f64>) -> f64 {
-    xs.sort_by(f64::total_cmp);
-    xs[xs.len() / 2]
-}
-
 /// Times `f` repeatedly (one untimed warm-up) until `seconds` have passed and at least three
 /// runs are in; the median duration.
 fn time_median(seconds: f64, mut f: impl FnMut()) -> f64 {
@@ -77,7 +72,7 @@ fn time_median(seconds: f64, mut f: impl FnMut()) -> f64 {
         f();
         runs.push(t.elapsed().as_secs_f64());
     }
-    median(runs)
+    crate::bench::median(&runs)
 }
 
 fn gemm_gflops(n: usize, seconds: f64) -> f64 {

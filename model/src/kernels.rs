@@ -153,11 +153,11 @@ pub fn matrix_sqrt<B: Backend>(a: Tensor<B, 3>, iterations: usize) -> Tensor<B, 
 
 /// The covariance head's features (`[B, T, D]` → `[B, d'(d'+1)/2]`): the backend's fused
 /// kernel when one is installed and accepts the input (on Flex, inference only, one image per
-/// task), otherwise `composed`, the head's own composition.
+/// task), otherwise the head's own composition, the upper triangle of
+/// [`crate::dmpo::CovarianceHead::pooled_covariance`].
 pub fn covariance_features<B: Backend>(
     head: &crate::dmpo::CovarianceHead<B>,
     tokens: Tensor<B, 3>,
-    composed: impl FnOnce(Tensor<B, 3>) -> Tensor<B, 2>,
 ) -> Tensor<B, 2> {
     if let Some(kernel) = installed::<B>().and_then(|k| k.covariance_pool) {
         let input = CovariancePool {
@@ -174,7 +174,7 @@ pub fn covariance_features<B: Backend>(
             return Tensor::from_primitive(TensorPrimitive::Float(out));
         }
     }
-    composed(tokens)
+    crate::dmpo::upper_triangle(head.pooled_covariance(tokens))
 }
 
 /// Self-attention from the output of a fused `qkv` projection `[B, N, 3·D]` → `[B, N, D]`.

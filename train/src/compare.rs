@@ -35,8 +35,9 @@ pub struct CompareReport {
 
 /// Trains every arm for every seed into `out/<arm>[/seed-<s>]`, seed by seed (so an interrupted
 /// comparison has whole seeds to show), then writes `summary.{json,csv,md,svg}`, `runs.csv`
-/// (one row per arm, seed and budget) and, for one seed, `compare.{json,csv,svg}`. With `resume`, runs finished before are read back and an
-/// interrupted one continues from its last checkpoint.
+/// (one row per arm, seed and budget) and, for one seed, `compare.{json,csv,svg}`. With
+/// `resume`, runs finished before are read back and an interrupted one continues from its last
+/// checkpoint.
 pub fn compare<B: AutodiffBackend>(
     config: &CompareConfig,
     backbone: &BackboneSource,

