@@ -161,8 +161,8 @@ pub fn calibrate_task(a: CalibrateArgs) -> Result<(), Error> {
         100.0 * sim.accuracy,
         sim.exit_histogram
     );
-    model.info.policy = Some(policy);
-    model.info.budget_fraction = Some(budget.macs(s.full_macs) / s.full_macs as f64);
+    let fraction = budget.macs(s.full_macs) / s.full_macs as f64;
+    model.info.set_default_budget(fraction, policy);
     write_model_info(&a.data.model, &model.info)?;
     Ok(())
 }

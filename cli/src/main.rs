@@ -14,6 +14,7 @@ mod infer_tasks;
 mod logging;
 mod paths;
 mod pretrain_task;
+mod serve_tasks;
 mod tools;
 mod train_tasks;
 
@@ -51,6 +52,8 @@ enum Task {
     Import(import_tasks::ImportArgs),
     Forward(import_tasks::ForwardArgs),
     BenchVit(import_tasks::BenchVitArgs),
+    Serve(serve_tasks::ServeArgs),
+    ServeBench(serve_tasks::ServeBenchArgs),
     #[cfg(feature = "flex")]
     Roofline(tools::RooflineArgs),
 }
@@ -88,6 +91,8 @@ fn run(cli: Cli) -> Result<(), Error> {
         Task::Import(a) => Ok(import_tasks::import(a)?),
         Task::Forward(a) => Ok(import_tasks::forward(a)?),
         Task::BenchVit(a) => Ok(import_tasks::bench_vit(a)?),
+        Task::Serve(a) => serve_tasks::serve(a),
+        Task::ServeBench(a) => serve_tasks::serve_bench(a),
         #[cfg(feature = "flex")]
         Task::Roofline(a) => tools::roofline(a),
     }

@@ -30,6 +30,21 @@ pub fn run_early_exit<B: Backend, M: MultiExit<B>>(
     images: Tensor<B, 4>,
     policy: &ExitPolicy,
 ) -> Result<Vec<Prediction>, InferError> {
+    let mut done: Vec<Option<Prediction>> = vec![None; images.dims()[0]];
+    run_early_exit_each(model, images, policy, |index, p| done[index] = Some(p))?;
+    // `run_early_exit_each` answers every image once, so every slot is filled.
+    Ok(done.into_iter().flatten().collect())
+}
+
+/// [`run_early_exit`], handing each image's prediction to `on_exit(input index, prediction)`
+/// the moment it leaves, before the images still running go on: a server answers an easy
+/// image's request while the hard ones of its batch are still in the trunk.
+pub fn run_early_exit_each<B: Backend, M: MultiExit<B>>(
+    model: &M,
+    images: Tensor<B, 4>,
+    policy: &ExitPolicy,
+    mut on_exit: impl FnMut(usize, Prediction),
+) -> Result<(), InferError> {
     let exits = model.num_exits();
     policy.validate(exits).map_err(InferError::Policy)?;
     model
@@ -41,7 +56,7 @@ pub fn run_early_exit<B: Backend, M: MultiExit<B>>(
     let cost = policy.exit_costs(&model.stage_costs());
     let n = images.dims()[0];
     let device = images.device();
-    let mut done: Vec<Option<Prediction>> = vec![None; n];
+    let mut answered = 0;
     // `alive[row]` = input index of row `row` of the current batch.
     let mut alive: Vec<usize> = (0..n).collect();
     // MACs each input saved so far by skipping tokens (DyT).
@@ -69,13 +84,17 @@ pub fn run_early_exit<B: Backend, M: MultiExit<B>>(
             let p = &probs[row * classes..(row + 1) * classes];
             let confidence = policy.criterion.confidence(p);
             if policy.exits_at(k, exits, confidence) {
-                done[index] = Some(Prediction {
-                    class: argmax(p),
-                    confidence,
-                    exit: k,
-                    probs: p.to_vec(),
-                    macs: exit_macs - saved[index],
-                });
+                answered += 1;
+                on_exit(
+                    index,
+                    Prediction {
+                        class: argmax(p),
+                        confidence,
+                        exit: k,
+                        probs: p.to_vec(),
+                        macs: exit_macs - saved[index],
+                    },
+                );
             } else {
                 keep.push(row);
             }
@@ -92,14 +111,16 @@ pub fn run_early_exit<B: Backend, M: MultiExit<B>>(
         };
         alive = keep.into_iter().map(|r| alive[r]).collect();
     }
-    // The last exit answers every sample still running, so every slot is filled; were one not,
-    // the answers would no longer line up with the images: an error, not a shorter list.
-    done.into_iter()
-        .collect::<Option<Vec<_>>>()
-        .ok_or_else(|| InferError::Input {
+    // The last exit answers every sample still running, so every image was answered; were one
+    // not, its caller would wait for it forever: an error, not a silent gap.
+    if answered == n {
+        Ok(())
+    } else {
+        Err(InferError::Input {
             input: "images".into(),
             reason: "an image left at no exit (the policy's last exit must answer)".into(),
         })
+    }
 }
 
 pub(crate) fn argmax(p: &[f32]) -> usize {

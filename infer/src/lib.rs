@@ -40,13 +40,13 @@ pub use bench::{BenchConfig, PolicyTiming, bench_early_exit};
 pub use calibrate::{
     Budget, ExitScores, Simulated, calibrate, calibrate_geometric, collect_scores, simulate,
 };
-pub use engine::{Prediction, run_early_exit};
+pub use engine::{Prediction, run_early_exit, run_early_exit_each};
 pub use error::{InferError, Result};
 pub use evaluate::{CurvePoint, EvalReport, evaluate, write_report};
 pub use exit_policy::{Criterion, ExitPolicy};
 pub use model_dir::{
-    BACKBONE_DIR, MODEL_FILE, ModelBytes, ModelInfo, TRAINED_FILE, load_model_bytes,
-    load_model_dir, parse_model_info, read_model_info, write_model_info,
+    BACKBONE_DIR, CalibratedBudget, MODEL_FILE, ModelBytes, ModelInfo, TRAINED_FILE,
+    load_model_bytes, load_model_dir, parse_model_info, read_model_info, write_model_info,
 };
 pub use multi_exit::{MultiExit, cumulative_costs};
 #[cfg(feature = "plot")]

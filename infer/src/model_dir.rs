@@ -42,7 +42,23 @@ pub struct ModelInfo {
     /// The budget the policy was calibrated for, as a fraction of the backbone's MACs.
     #[serde(default)]
     pub budget_fraction: Option<f64>,
+    /// Every budget calibrated for this model, the default one included, by fraction: a server
+    /// picks one per request without the held-out data at hand.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub budgets: Vec<CalibratedBudget>,
 }
+
+/// Exit thresholds calibrated to spend `fraction` of the backbone's MACs on average.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CalibratedBudget {
+    pub fraction: f64,
+    pub policy: ExitPolicy,
+}
+
+/// Two budget fractions are the same budget when they agree to this (they come from the
+/// command line and JSON, never from arithmetic).
+const SAME_BUDGET: f64 = 1e-9;
 
 impl ModelInfo {
     pub fn new(dmpo: DmpoConfig, preprocess: Preprocess, classes: Vec<String>) -> Self {
@@ -53,7 +69,48 @@ impl ModelInfo {
             classes,
             policy: None,
             budget_fraction: None,
+            budgets: Vec::new(),
         }
+    }
+
+    /// Adds (or replaces) the thresholds for budget `fraction`, keeping the list by fraction.
+    pub fn add_budget(&mut self, fraction: f64, policy: ExitPolicy) {
+        self.budgets
+            .retain(|b| (b.fraction - fraction).abs() > SAME_BUDGET);
+        self.budgets.push(CalibratedBudget { fraction, policy });
+        self.budgets
+            .sort_by(|a, b| a.fraction.total_cmp(&b.fraction));
+    }
+
+    /// Makes `fraction`'s thresholds the default ones (`policy`) and adds them to the budgets.
+    pub fn set_default_budget(&mut self, fraction: f64, policy: ExitPolicy) {
+        self.add_budget(fraction, policy.clone());
+        self.policy = Some(policy);
+        self.budget_fraction = Some(fraction);
+    }
+
+    /// The thresholds calibrated for budget `fraction`: one of [`Self::budgets`] or the default.
+    pub fn budget_policy(&self, fraction: f64) -> Option<&ExitPolicy> {
+        self.budgets
+            .iter()
+            .find(|b| (b.fraction - fraction).abs() <= SAME_BUDGET)
+            .map(|b| &b.policy)
+            .or(match (&self.policy, self.budget_fraction) {
+                (Some(p), Some(f)) if (f - fraction).abs() <= SAME_BUDGET => Some(p),
+                _ => None,
+            })
+    }
+
+    /// Every calibrated budget fraction, the default's included, ascending.
+    pub fn budget_fractions(&self) -> Vec<f64> {
+        let mut f: Vec<f64> = self.budgets.iter().map(|b| b.fraction).collect();
+        if let (Some(_), Some(d)) = (&self.policy, self.budget_fraction)
+            && !f.iter().any(|x| (x - d).abs() <= SAME_BUDGET)
+        {
+            f.push(d);
+            f.sort_by(f64::total_cmp);
+        }
+        f
     }
 
     /// The calibrated policy, or an error telling the user how to make one.
@@ -122,13 +179,30 @@ pub fn parse_model_info(text: &str, path: PathBuf) -> Result<ModelInfo, ImportEr
             info.dmpo.num_classes
         )));
     }
-    if let Some(policy) = &info.policy {
+    let policies = info.policy.iter().map(|p| ("policy".to_string(), p)).chain(
+        info.budgets
+            .iter()
+            .map(|b| (format!("budgets: budget {}", b.fraction), &b.policy)),
+    );
+    for (name, policy) in policies {
         let exits = info.dmpo.exits.len().max(1);
         if !info.dmpo.exits.is_empty() {
-            policy.validate(exits).map_err(bad)?;
+            policy
+                .validate(exits)
+                .map_err(|e| bad(format!("{name}: {e}")))?;
         } else if let Some(t) = policy.thresholds.iter().find(|t| !(0.0..=1.0).contains(*t)) {
-            return Err(bad(format!("threshold {t} is outside [0, 1]")));
+            return Err(bad(format!("{name}: threshold {t} is outside [0, 1]")));
         }
+    }
+    if let Some(b) = info
+        .budgets
+        .iter()
+        .find(|b| !(b.fraction > 0.0 && b.fraction <= 1.0))
+    {
+        return Err(bad(format!(
+            "budgets: budget {} is not a fraction in (0, 1]",
+            b.fraction
+        )));
     }
     Ok(info)
 }
@@ -246,4 +320,49 @@ fn assemble<B: Backend>(
             })?;
     }
     Ok(model)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Criterion;
+
+    fn policy(t: f32) -> ExitPolicy {
+        ExitPolicy {
+            criterion: Criterion::MaxProb,
+            thresholds: vec![t],
+        }
+    }
+
+    #[test]
+    fn budgets_are_kept_by_fraction_and_the_default_is_one_of_them() {
+        let dmpo = DmpoConfig::new(5).with_exits(vec![2, 4]);
+        let classes = (0..5).map(|c| c.to_string()).collect();
+        let mut info = ModelInfo::new(dmpo, Preprocess::new(16), classes);
+        assert!(info.budget_fractions().is_empty());
+        info.add_budget(0.7, policy(0.7));
+        info.add_budget(0.3, policy(0.3));
+        info.add_budget(0.7, policy(0.71));
+        info.set_default_budget(0.5, policy(0.5));
+        assert_eq!(info.budget_fractions(), vec![0.3, 0.5, 0.7]);
+        assert_eq!(info.budget_policy(0.7), Some(&policy(0.71)));
+        assert_eq!(info.policy, Some(policy(0.5)));
+        assert_eq!(info.budget_policy(0.4), None);
+        // A model.json from before the budget list still offers its one calibrated budget.
+        let mut old = info.clone();
+        old.budgets.clear();
+        assert_eq!(old.budget_fractions(), vec![0.5]);
+        assert_eq!(old.budget_policy(0.5), Some(&policy(0.5)));
+        // And the list survives model.json.
+        let text = serde_json::to_string(&info).unwrap();
+        assert_eq!(parse_model_info(&text, "model.json".into()).unwrap(), info);
+        // A budget whose thresholds do not fit the exits is refused, named.
+        let mut bad = info.clone();
+        bad.budgets[0].policy.thresholds = vec![0.5, 0.5];
+        let text = serde_json::to_string(&bad).unwrap();
+        let e = parse_model_info(&text, "model.json".into())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("budgets: budget 0.3"), "{e}");
+    }
 }

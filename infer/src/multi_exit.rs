@@ -27,6 +27,11 @@ pub trait MultiExit<B: Backend> {
     fn skippable_macs(&self) -> u64 {
         0
     }
+    /// The bare backbone's MACs per image, what budgets are fractions of (by default the whole
+    /// trunk's).
+    fn backbone_macs(&self) -> u64 {
+        self.stage_costs().iter().map(|s| s.trunk).sum()
+    }
 }
 
 impl<B: Backend> MultiExit<B> for DmpoModel<B> {
@@ -69,6 +74,9 @@ impl<B: Backend> MultiExit<B> for DmpoModel<B> {
             }
         }
         (h, Some(saved))
+    }
+    fn backbone_macs(&self) -> u64 {
+        DmpoModel::backbone_macs(self)
     }
     fn skippable_macs(&self) -> u64 {
         let patches = self.backbone.num_patches() as u64;

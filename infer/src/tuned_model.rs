@@ -70,6 +70,11 @@ impl<B: Backend> TunedModel<B> {
         })
     }
 
+    /// The device the model lives on.
+    pub fn device(&self) -> &B::Device {
+        &self.device
+    }
+
     /// Class names, indexed by [`Prediction::class`].
     pub fn classes(&self) -> &[String] {
         &self.info.classes

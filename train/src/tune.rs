@@ -235,14 +235,16 @@ pub fn tune<B: AutodiffBackend>(
         path: out.to_path_buf(),
         source,
     })?;
+    // Every budget the report calibrated is kept with the model (a server picks one per
+    // request); `config.budget`'s is the default.
+    for point in &report.curve {
+        model_info.add_budget(point.budget_fraction, point.policy.clone());
+    }
     match calibrate(&calib, Budget::Fraction(config.budget)) {
-        Ok((policy, _)) => {
-            model_info.policy = Some(policy);
-            model_info.budget_fraction = Some(config.budget);
-            write_model_info(out, &model_info)?;
-        }
+        Ok((policy, _)) => model_info.set_default_budget(config.budget, policy),
         Err(e) => tracing::warn!("no thresholds saved for budget {}: {e}", config.budget),
     }
+    write_model_info(out, &model_info)?;
     tracing::info!(
         "model, thresholds for {:.0}% budget and eval.{{json,csv,svg}} in {}",
         100.0 * config.budget,

@@ -43,6 +43,14 @@ const TASKS: &[(&str, &str)] = &[
         "roofline",
         "this machine's gemm GFLOP/s and memory bandwidth (flex only)",
     ),
+    (
+        "serve",
+        "HTTP server with dynamic batching and early exit, web page at /",
+    ),
+    (
+        "serve-bench",
+        "load bench of the server on loopback: batching vs one image per pass",
+    ),
     ("import", "convert a timm / HF / PyTorch checkpoint"),
     ("forward", "run the full-depth ViT on a tensor file"),
 ];
@@ -139,6 +147,16 @@ fn main() -> ExitCode {
         cmd.arg("--release");
     }
     cmd.arg("--").arg(&task).args(&rest);
+    // On Unix, become cargo, which becomes the task's binary (`cargo run` execs too): a signal
+    // sent to `cargo xtask` (SIGTERM from a service manager, to stop `serve`) reaches the task.
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::CommandExt;
+        let e = cmd.exec();
+        eprintln!("could not run cargo: {e}");
+        ExitCode::FAILURE
+    }
+    #[cfg(not(unix))]
     match cmd.status() {
         Ok(status) if status.success() => ExitCode::SUCCESS,
         Ok(status) => ExitCode::from(status.code().unwrap_or(1).clamp(1, 255) as u8),

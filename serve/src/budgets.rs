@@ -1,0 +1,116 @@
+use dmpo_infer::{ExitPolicy, ModelInfo};
+
+use crate::ServeError;
+
+/// The budgets a request may ask for: every one calibrated in the model folder, plus full
+/// depth, each with its exit thresholds; one of them is the default.
+#[derive(Debug, Clone)]
+pub struct Budgets {
+    /// `(fraction of the backbone's MACs, thresholds)`, ascending; full depth last, as 1.0.
+    entries: Vec<(f64, ExitPolicy)>,
+    default: usize,
+}
+
+impl Budgets {
+    /// The model's calibrated budgets; `default`: the one a request naming none runs at
+    /// (`None`: the model's own default, or full depth if it has none). Each policy is checked
+    /// against the model's exits here, so a bad model folder fails at start, not per request.
+    pub fn new(info: &ModelInfo, default: Option<f64>) -> Result<Self, ServeError> {
+        let exits = info.dmpo.exits.len();
+        let mut entries = Vec::new();
+        for f in info.budget_fractions() {
+            let policy = info.budget_policy(f).expect("a listed budget has a policy");
+            policy
+                .validate(exits)
+                .map_err(|e| ServeError::Model(format!("budget {f}: {e}")))?;
+            if f < 1.0 {
+                entries.push((f, policy.clone()));
+            }
+        }
+        let mut full = ExitPolicy::full_depth(exits);
+        if let Some((_, p)) = entries.first() {
+            full.criterion = p.criterion;
+        }
+        entries.push((1.0, full));
+        let mut budgets = Self {
+            entries,
+            default: 0,
+        };
+        budgets.default = match default.or(info.budget_fraction) {
+            Some(f) => budgets.find(f).ok_or_else(|| {
+                ServeError::Config(format!(
+                    "budget {f}: not calibrated for this model; it has {}",
+                    budgets.list()
+                ))
+            })?,
+            None => budgets.entries.len() - 1,
+        };
+        Ok(budgets)
+    }
+
+    fn find(&self, fraction: f64) -> Option<usize> {
+        self.entries
+            .iter()
+            .position(|(f, _)| (f - fraction).abs() < 1e-6)
+    }
+
+    /// The budget a request names (`None`: the default): a fraction such as `0.5`, a
+    /// percentage such as `50%`, or `full`; its index, or a one-line reason.
+    pub fn resolve(&self, requested: Option<&str>) -> Result<usize, String> {
+        let Some(text) = requested.map(str::trim) else {
+            return Ok(self.default);
+        };
+        let fraction = if text.eq_ignore_ascii_case("full") {
+            Some(1.0)
+        } else if let Some(p) = text.strip_suffix('%') {
+            p.trim().parse::<f64>().ok().map(|p| p / 100.0)
+        } else {
+            text.parse::<f64>().ok()
+        };
+        fraction.and_then(|f| self.find(f)).ok_or_else(|| {
+            format!(
+                "unknown budget '{text}': this model is calibrated for {}",
+                self.list()
+            )
+        })
+    }
+
+    pub fn policy(&self, index: usize) -> &ExitPolicy {
+        &self.entries[index].1
+    }
+
+    pub fn fraction(&self, index: usize) -> f64 {
+        self.entries[index].0
+    }
+
+    pub fn default_index(&self) -> usize {
+        self.default
+    }
+
+    pub fn fractions(&self) -> Vec<f64> {
+        self.entries.iter().map(|(f, _)| *f).collect()
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// `0.3, 0.5, full`.
+    fn list(&self) -> String {
+        self.entries
+            .iter()
+            .map(|(f, _)| {
+                if *f >= 1.0 {
+                    "full".into()
+                } else {
+                    format!("{f}")
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
