@@ -158,7 +158,7 @@ pub fn serve_bench(a: ServeBenchArgs) -> Result<(), Error> {
         println!(
             "{:<20} {:>6} {:>9.1} ({:>5.1}-{:>5.1}) {:>8.1} {:>8.1} {:>8.1} {:>7.1} {:>6}/{:<6}",
             s.serving.name(),
-            if s.budget >= 1.0 {
+            if s.budget == 1.0 {
                 "full".to_string()
             } else {
                 format!("{:.0}%", 100.0 * s.budget)

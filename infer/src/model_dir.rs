@@ -194,13 +194,14 @@ pub fn parse_model_info(text: &str, path: PathBuf) -> Result<ModelInfo, ImportEr
             return Err(bad(format!("{name}: threshold {t} is outside [0, 1]")));
         }
     }
+    // Above 1 is a budget too: adapters, heads and dispatchers cost MACs of their own.
     if let Some(b) = info
         .budgets
         .iter()
-        .find(|b| !(b.fraction > 0.0 && b.fraction <= 1.0))
+        .find(|b| !(b.fraction > 0.0 && b.fraction.is_finite()))
     {
         return Err(bad(format!(
-            "budgets: budget {} is not a fraction in (0, 1]",
+            "budgets: budget {} is not a positive fraction",
             b.fraction
         )));
     }

@@ -37,8 +37,8 @@ pub struct Answer {
     /// The exit it left at, 1-based, of `exits`.
     pub exit: usize,
     pub exits: usize,
-    /// The budget it ran at, a fraction of the backbone's MACs (1 = full depth).
-    pub budget: f64,
+    /// The budget it ran at, a fraction of the backbone's MACs; `null` for full depth.
+    pub budget: Option<f64>,
     pub macs: u64,
     /// `macs` over the backbone's.
     pub cost_fraction: f64,
@@ -64,9 +64,11 @@ pub struct ModelCard {
     pub exit_blocks: Vec<usize>,
     pub input_size: usize,
     pub backbone_gmacs: f64,
-    /// Budgets a request may name (`?budget=0.5`), as fractions; 1 is full depth.
+    /// Budgets calibrated for this model, as fractions, that a request may name
+    /// (`?budget=0.5`); `?budget=full` is always there too.
     pub budgets: Vec<f64>,
-    pub default_budget: f64,
+    /// The budget of a request that names none; `None`: full depth.
+    pub default_budget: Option<f64>,
     pub max_batch: usize,
     pub max_wait_ms: u64,
     pub queue: usize,

@@ -2,12 +2,13 @@ use dmpo_infer::{ExitPolicy, ModelInfo};
 
 use crate::ServeError;
 
-/// The budgets a request may ask for: every one calibrated in the model folder, plus full
-/// depth, each with its exit thresholds; one of them is the default.
+/// The budgets a request may ask for: every one calibrated in the model folder (fractions of the
+/// backbone's MACs; above 1 where adapters and heads cost more than they save), plus full depth,
+/// each with its exit thresholds; one of them is the default.
 #[derive(Debug, Clone)]
 pub struct Budgets {
-    /// `(fraction of the backbone's MACs, thresholds)`, ascending; full depth last, as 1.0.
-    entries: Vec<(f64, ExitPolicy)>,
+    /// `(fraction, thresholds)`, calibrated ones ascending, then full depth (`None`).
+    entries: Vec<(Option<f64>, ExitPolicy)>,
     default: usize,
 }
 
@@ -23,15 +24,13 @@ impl Budgets {
             policy
                 .validate(exits)
                 .map_err(|e| ServeError::Model(format!("budget {f}: {e}")))?;
-            if f < 1.0 {
-                entries.push((f, policy.clone()));
-            }
+            entries.push((Some(f), policy.clone()));
         }
         let mut full = ExitPolicy::full_depth(exits);
         if let Some((_, p)) = entries.first() {
             full.criterion = p.criterion;
         }
-        entries.push((1.0, full));
+        entries.push((None, full));
         let mut budgets = Self {
             entries,
             default: 0,
@@ -51,7 +50,7 @@ impl Budgets {
     fn find(&self, fraction: f64) -> Option<usize> {
         self.entries
             .iter()
-            .position(|(f, _)| (f - fraction).abs() < 1e-6)
+            .position(|(f, _)| f.is_some_and(|f| (f - fraction).abs() < 1e-6))
     }
 
     /// The budget a request names (`None`: the default): a fraction such as `0.5`, a
@@ -60,12 +59,12 @@ impl Budgets {
         let Some(text) = requested.map(str::trim) else {
             return Ok(self.default);
         };
-        let fraction = if text.eq_ignore_ascii_case("full") {
-            Some(1.0)
-        } else if let Some(p) = text.strip_suffix('%') {
-            p.trim().parse::<f64>().ok().map(|p| p / 100.0)
-        } else {
-            text.parse::<f64>().ok()
+        if text.eq_ignore_ascii_case("full") {
+            return Ok(self.entries.len() - 1);
+        }
+        let fraction = match text.strip_suffix('%') {
+            Some(p) => p.trim().parse::<f64>().ok().map(|p| p / 100.0),
+            None => text.parse::<f64>().ok(),
         };
         fraction.and_then(|f| self.find(f)).ok_or_else(|| {
             format!(
@@ -79,7 +78,8 @@ impl Budgets {
         &self.entries[index].1
     }
 
-    pub fn fraction(&self, index: usize) -> f64 {
+    /// The budget's fraction; `None` for full depth.
+    pub fn fraction(&self, index: usize) -> Option<f64> {
         self.entries[index].0
     }
 
@@ -87,10 +87,12 @@ impl Budgets {
         self.default
     }
 
+    /// The calibrated fractions, ascending (full depth not included).
     pub fn fractions(&self) -> Vec<f64> {
-        self.entries.iter().map(|(f, _)| *f).collect()
+        self.entries.iter().filter_map(|(f, _)| *f).collect()
     }
 
+    /// Calibrated budgets and full depth.
     pub fn len(&self) -> usize {
         self.entries.len()
     }
@@ -103,13 +105,7 @@ impl Budgets {
     fn list(&self) -> String {
         self.entries
             .iter()
-            .map(|(f, _)| {
-                if *f >= 1.0 {
-                    "full".into()
-                } else {
-                    format!("{f}")
-                }
-            })
+            .map(|(f, _)| f.map_or("full".into(), |f| format!("{f}")))
             .collect::<Vec<_>>()
             .join(", ")
     }

@@ -54,9 +54,9 @@ impl ServeConfig {
             return bad("max_body_bytes", "must be at least 1");
         }
         if let Some(b) = self.budget
-            && !(b > 0.0 && b <= 1.0)
+            && !(b > 0.0 && b.is_finite())
         {
-            return bad("budget", "must be a fraction in (0, 1]");
+            return bad("budget", "must be a positive fraction");
         }
         Ok(())
     }

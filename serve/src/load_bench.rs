@@ -43,8 +43,8 @@ pub struct LoadBenchConfig {
     pub requests: usize,
     /// Seconds per run, at most (a run stops sending when either bound is reached).
     pub max_seconds: f64,
-    /// Budgets to serve at, fractions of the backbone's MACs calibrated in the model (1: full
-    /// depth).
+    /// Budgets to serve at, fractions of the backbone's MACs calibrated in the model; exactly 1
+    /// means full depth.
     pub budgets: Vec<f64>,
     /// Interleaved rounds; figures are medians over them.
     pub rounds: usize,
@@ -197,7 +197,7 @@ where
     }));
     let client = reqwest::Client::new();
     let base = format!("http://{addr}");
-    let budget_arg = if budget >= 1.0 {
+    let budget_arg = if budget == 1.0 {
         "full".to_string()
     } else {
         budget.to_string()

@@ -194,8 +194,8 @@ async fn good_and_bad_requests_each_get_their_answer() {
     assert_eq!(s.get("/healthz").await, "ok\n");
     assert!(s.get("/").await.contains("<input type=\"file\""));
     let card: ModelCard = serde_json::from_str(&s.get("/v1/model").await).unwrap();
-    assert_eq!(card.budgets, vec![0.5, 1.0]);
-    assert_eq!(card.default_budget, 0.5);
+    assert_eq!(card.budgets, vec![0.5]);
+    assert_eq!(card.default_budget, Some(0.5));
 
     // One image at the default budget: threshold 0 lets it leave at the first exit.
     let (status, body) = s.post("", "image/png", png(0)).await;
@@ -203,7 +203,7 @@ async fn good_and_bad_requests_each_get_their_answer() {
     let r: ClassifyResponse = serde_json::from_value(body).unwrap();
     assert_eq!(r.predictions.len(), 1);
     let p = &r.predictions[0];
-    assert_eq!((p.exit, p.exits, p.budget), (1, 2, 0.5));
+    assert_eq!((p.exit, p.exits, p.budget), (1, 2, Some(0.5)));
     assert!(p.class.starts_with('c') && p.class_index < 5);
     assert!(p.cost_fraction > 0.0 && p.cost_fraction < 1.0);
 
@@ -213,7 +213,7 @@ async fn good_and_bad_requests_each_get_their_answer() {
         .await;
     assert_eq!(status, 200, "{body}");
     let r: ClassifyResponse = serde_json::from_value(body).unwrap();
-    assert_eq!((r.predictions[0].exit, r.predictions[0].budget), (2, 1.0));
+    assert_eq!((r.predictions[0].exit, r.predictions[0].budget), (2, None));
     assert!(r.predictions[0].cost_fraction > p.cost_fraction);
 
     // Several images as multipart: one answer each, in order.
