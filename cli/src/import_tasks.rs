@@ -193,9 +193,7 @@ pub fn bench_vit(a: BenchVitArgs) -> Result<(), ImportError> {
         })
         .collect();
     seconds.sort_by(f64::total_cmp);
-    // Nearest-rank percentiles of the timed passes (with few passes the tail ones are the max).
-    let pct =
-        |p: f64| seconds[((p * seconds.len() as f64).ceil() as usize).clamp(1, seconds.len()) - 1];
+    let pct = |q: f64| dmpo_infer::percentile(&seconds, q);
     let (median, p95, p99) = (seconds[seconds.len() / 2], pct(0.95), pct(0.99));
     let macs = v.macs();
     let gflops = 2.0 * macs as f64 * batch as f64 / median / 1e9;

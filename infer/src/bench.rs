@@ -106,8 +106,7 @@ pub fn bench_early_exit<B: Backend>(
         .zip(times)
         .map(|((name, _), mut t)| {
             t.latencies_ms.sort_by(f64::total_cmp);
-            let lat = &t.latencies_ms;
-            let pct = |q: f64| lat[((lat.len() - 1) as f64 * q).round() as usize];
+            let pct = |q: f64| percentile(&t.latencies_ms, q);
             let pass = median(&t.pass_s);
             PolicyTiming {
                 name,
@@ -122,8 +121,19 @@ pub fn bench_early_exit<B: Backend>(
         .collect())
 }
 
+/// The nearest-rank percentile `q` (in [0, 1]) of `sorted` (ascending): the smallest value with
+/// at least a share `q` of the values at or below it. Every bench reports its percentiles
+/// this way; with few values the tail ones are the maximum. NaN for no values.
+pub fn percentile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = (q * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
 /// The median of `xs` (the upper one of an even count); `xs` must not be empty.
-pub(crate) fn median(xs: &[f64]) -> f64 {
+pub fn median(xs: &[f64]) -> f64 {
     let mut xs = xs.to_vec();
     xs.sort_by(f64::total_cmp);
     xs[xs.len() / 2]

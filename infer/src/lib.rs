@@ -36,7 +36,7 @@ pub mod panics;
 pub mod roofline;
 
 pub use batches::eval_batches;
-pub use bench::{BenchConfig, PolicyTiming, bench_early_exit};
+pub use bench::{BenchConfig, PolicyTiming, bench_early_exit, median, percentile};
 pub use calibrate::{
     Budget, ExitScores, Simulated, calibrate, calibrate_geometric, collect_scores, simulate,
 };

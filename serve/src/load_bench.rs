@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use burn::prelude::*;
-use dmpo_infer::MultiExit;
+use dmpo_infer::{MultiExit, median, percentile};
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -315,21 +315,6 @@ where
         rss_before_mib: rss_before,
         rss_after_mib: rss_after,
     })
-}
-
-/// Nearest rank on sorted values (NaN for none).
-fn percentile(sorted: &[f64], q: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let rank = (q * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
-}
-
-fn median(xs: &[f64]) -> f64 {
-    let mut xs = xs.to_vec();
-    xs.sort_by(f64::total_cmp);
-    xs[xs.len() / 2]
 }
 
 /// A sample line `name value` of Prometheus' text format.

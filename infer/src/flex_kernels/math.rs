@@ -82,43 +82,41 @@ pub fn exp_nonpositive(x: f32) -> f32 {
     e * scale
 }
 
-/// Applies `f` to every element, compiled once for AVX-512F, once for AVX2 + FMA (the best the
-/// CPU has is picked at run time), and once for the baseline target, so the loop is
-/// vectorised on any x86-64 without `-C target-cpu`. No version reorders a sum: the results
-/// are the same bits whichever runs.
-#[inline(always)]
-pub fn map_in_place(values: &mut [f32], f: impl Fn(f32) -> f32 + Copy) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        #[target_feature(enable = "avx2,fma")]
-        unsafe fn avx2(values: &mut [f32], f: impl Fn(f32) -> f32 + Copy) {
-            for v in values {
-                *v = f(*v);
-            }
-        }
+/// `$body`, compiled three times: for AVX-512F, for AVX2 + FMA and for the baseline target,
+/// the best the CPU has picked at run time, so the loops in it are vectorised on any x86-64
+/// without `-C target-cpu`. The parameters name what `$body` uses. No version reorders a sum:
+/// the results are the same bits whichever runs.
+macro_rules! best_simd {
+    (($($arg:ident: $ty:ty),*) $body:block) => {{
+        #[cfg(target_arch = "x86_64")]
         {
             #[target_feature(enable = "avx512f,avx2,fma")]
-            unsafe fn avx512(values: &mut [f32], f: impl Fn(f32) -> f32 + Copy) {
-                for v in values {
-                    *v = f(*v);
-                }
-            }
+            unsafe fn avx512($($arg: $ty),*) $body
+            #[target_feature(enable = "avx2,fma")]
+            unsafe fn avx2($($arg: $ty),*) $body
             if std::arch::is_x86_feature_detected!("avx512f") {
                 // SAFETY: the CPU has AVX-512F (checked just above), hence AVX2 and FMA.
-                unsafe { avx512(values, f) };
-                return;
+                return unsafe { avx512($($arg),*) };
+            }
+            if std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+            {
+                // SAFETY: the CPU has AVX2 and FMA (checked just above).
+                return unsafe { avx2($($arg),*) };
             }
         }
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-        {
-            // SAFETY: the CPU has AVX2 and FMA (checked just above).
-            unsafe { avx2(values, f) };
-            return;
+        $body
+    }};
+}
+
+/// Applies `f` to every element, vectorised for the CPU it runs on (`best_simd!`).
+#[inline(always)]
+pub fn map_in_place(values: &mut [f32], f: impl Fn(f32) -> f32 + Copy) {
+    best_simd!((values: &mut [f32], f: impl Fn(f32) -> f32 + Copy) {
+        for v in values {
+            *v = f(*v);
         }
-    }
-    for v in values {
-        *v = f(*v);
-    }
+    })
 }
 
 /// `out[i] = f(out[i], other[i])`, vectorised as [`map_in_place`] is. `other` must be at least
@@ -126,67 +124,17 @@ pub fn map_in_place(values: &mut [f32], f: impl Fn(f32) -> f32 + Copy) {
 #[inline(always)]
 pub fn zip_in_place(out: &mut [f32], other: &[f32], f: impl Fn(f32, f32) -> f32 + Copy) {
     let other = &other[..out.len()];
-    #[cfg(target_arch = "x86_64")]
-    {
-        #[target_feature(enable = "avx2,fma")]
-        unsafe fn avx2(out: &mut [f32], other: &[f32], f: impl Fn(f32, f32) -> f32 + Copy) {
-            for (o, &v) in out.iter_mut().zip(other) {
-                *o = f(*o, v);
-            }
+    best_simd!((out: &mut [f32], other: &[f32], f: impl Fn(f32, f32) -> f32 + Copy) {
+        for (o, &v) in out.iter_mut().zip(other) {
+            *o = f(*o, v);
         }
-        {
-            #[target_feature(enable = "avx512f,avx2,fma")]
-            unsafe fn avx512(out: &mut [f32], other: &[f32], f: impl Fn(f32, f32) -> f32 + Copy) {
-                for (o, &v) in out.iter_mut().zip(other) {
-                    *o = f(*o, v);
-                }
-            }
-            if std::arch::is_x86_feature_detected!("avx512f") {
-                // SAFETY: the CPU has AVX-512F (checked just above), hence AVX2 and FMA.
-                unsafe { avx512(out, other, f) };
-                return;
-            }
-        }
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-        {
-            // SAFETY: the CPU has AVX2 and FMA (checked just above).
-            unsafe { avx2(out, other, f) };
-            return;
-        }
-    }
-    for (o, &v) in out.iter_mut().zip(other) {
-        *o = f(*o, v);
-    }
+    })
 }
 
 /// Softmax of one row in place: max, exp and sum, scale (three vectorised sweeps).
 #[inline(always)]
 pub fn softmax_in_place(row: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        #[target_feature(enable = "avx2,fma")]
-        unsafe fn avx2(row: &mut [f32]) {
-            softmax_body(row)
-        }
-        {
-            #[target_feature(enable = "avx512f,avx2,fma")]
-            unsafe fn avx512(row: &mut [f32]) {
-                softmax_body(row)
-            }
-            if std::arch::is_x86_feature_detected!("avx512f") {
-                // SAFETY: the CPU has AVX-512F (checked just above), hence AVX2 and FMA.
-                unsafe { avx512(row) };
-                return;
-            }
-        }
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-        {
-            // SAFETY: the CPU has AVX2 and FMA (checked just above).
-            unsafe { avx2(row) };
-            return;
-        }
-    }
-    softmax_body(row)
+    best_simd!((row: &mut [f32]) { softmax_body(row) })
 }
 
 #[inline(always)]
