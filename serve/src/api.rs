@@ -1,6 +1,5 @@
 //! The HTTP API: routes, request checks, admission, and the JSON answers.
 
-use std::io::Cursor;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -11,7 +10,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use burn::prelude::Backend;
-use dmpo_infer::image::{ImageReader, Limits};
+use dmpo_infer::data::{DecodeError, DecodeLimits, MAX_IMAGE_PIXELS, decode_bytes};
 use dmpo_infer::transform::eval_transform;
 use dmpo_infer::{ModelInfo, MultiExit};
 use serde::{Deserialize, Serialize};
@@ -24,8 +23,11 @@ use crate::{Budgets, ServeConfig};
 /// The web page: plain HTML and JS, no build step.
 const PAGE: &str = include_str!("page.html");
 /// Larger images are refused before they are decoded (a decompression bomb stays small).
-const MAX_SIDE: u32 = 8192;
-const MAX_DECODED_BYTES: u64 = 256 << 20;
+const LIMITS: DecodeLimits = DecodeLimits {
+    max_pixels: MAX_IMAGE_PIXELS,
+    max_side: Some(8192),
+    max_alloc: Some(256 << 20),
+};
 
 /// One image's answer.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -389,18 +391,9 @@ async fn read_images(s: &AppState, request: Request) -> Result<Vec<Bytes>, Refus
 /// Decodes one image (PNG, JPEG, BMP, GIF, TIFF, WebP), refusing oversized ones before
 /// allocating them.
 fn decode(bytes: &[u8]) -> Result<dmpo_infer::DynamicImage, String> {
-    let mut reader = ImageReader::new(Cursor::new(bytes))
-        .with_guessed_format()
-        .map_err(|e| format!("not a readable image: {e}"))?;
-    if reader.format().is_none() {
-        return Err("not an image (no PNG, JPEG, BMP, GIF, TIFF or WebP signature)".into());
-    }
-    let mut limits = Limits::default();
-    limits.max_image_width = Some(MAX_SIDE);
-    limits.max_image_height = Some(MAX_SIDE);
-    limits.max_alloc = Some(MAX_DECODED_BYTES);
-    reader.limits(limits);
-    reader
-        .decode()
-        .map_err(|e| format!("not a decodable image: {e}"))
+    decode_bytes(bytes, &LIMITS).map_err(|e| match e {
+        DecodeError::UnknownFormat => e.to_string(),
+        DecodeError::Io(e) => format!("not a readable image: {e}"),
+        other => format!("not a decodable image: {other}"),
+    })
 }

