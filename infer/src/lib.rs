@@ -20,6 +20,7 @@ mod engine;
 mod error;
 mod evaluate;
 mod exit_policy;
+mod memory;
 mod model_dir;
 mod multi_exit;
 #[cfg(feature = "plot")]
@@ -44,6 +45,7 @@ pub use engine::{Prediction, run_early_exit, run_early_exit_each};
 pub use error::{InferError, Result};
 pub use evaluate::{CurvePoint, EvalReport, evaluate, write_report};
 pub use exit_policy::{Criterion, ExitPolicy};
+pub use memory::{PeakMemory, resident_bytes};
 pub use model_dir::{
     BACKBONE_DIR, CalibratedBudget, MODEL_FILE, ModelBytes, ModelInfo, TRAINED_FILE,
     load_model_bytes, load_model_dir, parse_model_info, read_model_info, write_model_info,

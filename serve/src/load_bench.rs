@@ -325,16 +325,7 @@ fn metric(text: &str, name: &str) -> Option<f64> {
 
 /// This process's resident memory, MiB (Linux; `None` elsewhere).
 fn rss_mib() -> Option<f64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let kib: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))?
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .ok()?;
-    Some(kib / 1024.0)
+    dmpo_infer::resident_bytes().map(|b| b as f64 / (1u64 << 20) as f64)
 }
 
 fn summarise(runs: &[LoadRun]) -> Vec<LoadSummary> {

@@ -35,7 +35,6 @@ mod loss_guard;
 mod loss_schedule;
 mod lr_schedule;
 mod metrics;
-mod peak_memory;
 mod pixel_baseline;
 mod pretrain;
 mod pretrain_job;
@@ -56,6 +55,7 @@ pub use atomic_recorder::{
 };
 pub use batcher::{EpochWeights, ExitBatch, ExitBatcher};
 pub use compare::{CompareConfig, CompareReport, RUN_TIME_FILE, compare};
+pub use dmpo_infer::PeakMemory;
 pub use dyt_loss::DytLoss;
 pub use epoch_loader::{EpochCounter, EpochLoader, Split};
 pub use epoch_metrics::{read_epoch_metrics, write_epoch_metrics};
@@ -65,7 +65,6 @@ pub use loss_guard::LossGuard;
 pub use loss_schedule::{LossSchedule, PhaseTwo};
 pub use lr_schedule::WarmupCosine;
 pub use metrics::{ExitMetric, ExitMetricKind, HostExits, MultiExitOutput, metric_kinds};
-pub use peak_memory::PeakMemory;
 pub use pixel_baseline::{
     PixelBaselineConfig, PixelBaselineReport, pixel_baseline, pixel_features,
 };

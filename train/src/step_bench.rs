@@ -14,8 +14,8 @@ use burn::train::TrainStep;
 use dmpo_model::dmpo::DmpoModel;
 use serde::Serialize;
 
-use crate::peak_memory::PeakMemory;
 use crate::{ExitBatch, LossGuard, Trainee};
+use dmpo_infer::PeakMemory;
 
 /// Which parameters train.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

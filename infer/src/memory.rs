@@ -1,6 +1,12 @@
-//! Peak resident memory of this process over a stretch of work, from Linux's `/proc`: the
-//! high-water mark is reset at the start (`clear_refs` 5) and read at the end (`VmHWM`). Other
-//! systems report nothing rather than a wrong figure.
+//! This process's resident memory, from Linux's `/proc`: now ([`resident_bytes`]), and its peak
+//! over a stretch of work ([`PeakMemory`]: the high-water mark is reset at the start
+//! (`clear_refs` 5) and read at the end (`VmHWM`)). Other systems report nothing rather than a
+//! wrong figure. Benchmarks of training steps and of serving under load read it.
+
+/// Resident memory now, in bytes (`VmRSS`).
+pub fn resident_bytes() -> Option<u64> {
+    status_kib("VmRSS").map(|k| k * 1024)
+}
 
 /// A measurement in progress.
 pub struct PeakMemory {
@@ -51,9 +57,11 @@ mod tests {
         std::hint::black_box(&block);
         // Read while the block is still resident: other tests in this process may reset the
         // (process-wide) high-water mark at any time, but never below what is resident.
+        let resident = resident_bytes();
         let (above, peak) = memory.finish();
         drop(block);
         if cfg!(target_os = "linux") {
+            assert!(resident.unwrap() >= 128 << 20, "{resident:?}");
             assert!(above.unwrap() >= 100 << 20, "{above:?}");
             assert!(peak.unwrap() >= above.unwrap());
         }
