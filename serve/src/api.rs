@@ -99,39 +99,20 @@ impl ModelCard {
     }
 }
 
+/// What every request handler shares: one `Arc`, cloned per request.
 #[derive(Clone)]
-pub(crate) struct AppState(Arc<Shared>);
+pub(crate) struct AppState(pub(crate) Arc<Shared>);
 
-struct Shared {
-    tx: mpsc::UnboundedSender<Msg>,
-    admission: Arc<Semaphore>,
-    budgets: Arc<Budgets>,
-    metrics: Arc<Metrics>,
-    card: ModelCard,
-    preprocess: dmpo_infer::Preprocess,
-    config: ServeConfig,
-}
-
-impl AppState {
-    pub(crate) fn new(
-        tx: mpsc::UnboundedSender<Msg>,
-        admission: Arc<Semaphore>,
-        budgets: Arc<Budgets>,
-        metrics: Arc<Metrics>,
-        card: ModelCard,
-        preprocess: dmpo_infer::Preprocess,
-        config: ServeConfig,
-    ) -> Self {
-        Self(Arc::new(Shared {
-            tx,
-            admission,
-            budgets,
-            metrics,
-            card,
-            preprocess,
-            config,
-        }))
-    }
+pub(crate) struct Shared {
+    /// To the model thread.
+    pub(crate) tx: mpsc::UnboundedSender<Msg>,
+    /// One permit per admitted-and-unanswered image.
+    pub(crate) admission: Arc<Semaphore>,
+    pub(crate) budgets: Arc<Budgets>,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) card: ModelCard,
+    pub(crate) preprocess: dmpo_infer::Preprocess,
+    pub(crate) config: ServeConfig,
 }
 
 pub(crate) fn router(state: AppState) -> Router {

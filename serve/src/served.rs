@@ -8,7 +8,7 @@ use dmpo_model::dmpo::DmpoModel;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, mpsc};
 
-use crate::api::{self, AppState, ModelCard};
+use crate::api::{self, AppState, ModelCard, Shared};
 use crate::batcher::{self, Msg};
 use crate::metrics::Metrics;
 use crate::{Budgets, ServeConfig, ServeError};
@@ -72,15 +72,15 @@ where
         rx,
         tokio::runtime::Handle::current(),
     )?;
-    let state = AppState::new(
-        tx.clone(),
-        Arc::new(Semaphore::new(config.queue)),
+    let state = AppState(Arc::new(Shared {
+        tx: tx.clone(),
+        admission: Arc::new(Semaphore::new(config.queue)),
         budgets,
         metrics,
         card,
         preprocess,
-        config.clone(),
-    );
+        config: config.clone(),
+    }));
     if let Ok(addr) = listener.local_addr() {
         tracing::info!("serving on http://{addr}/ (API: POST /v1/classify)");
     }
