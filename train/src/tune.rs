@@ -240,8 +240,17 @@ pub fn tune<B: AutodiffBackend>(
     for point in &report.curve {
         model_info.add_budget(point.budget_fraction, point.policy.clone());
     }
-    match calibrate(&calib, Budget::Fraction(config.budget)) {
-        Ok((policy, _)) => model_info.set_default_budget(config.budget, policy),
+    // The report has usually calibrated the default budget already (it is one of the curve's).
+    let default = match report
+        .curve
+        .iter()
+        .find(|p| p.budget_fraction == config.budget)
+    {
+        Some(point) => Ok(point.policy.clone()),
+        None => calibrate(&calib, Budget::Fraction(config.budget)).map(|(policy, _)| policy),
+    };
+    match default {
+        Ok(policy) => model_info.set_default_budget(config.budget, policy),
         Err(e) => tracing::warn!("no thresholds saved for budget {}: {e}", config.budget),
     }
     write_model_info(out, &model_info)?;
