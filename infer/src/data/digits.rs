@@ -30,8 +30,10 @@ pub struct DigitsSplit {
 
 /// Converts the package tarball `package` into `out/{train,t10k}-{images-idx3,labels-idx1}-ubyte.gz`
 /// (what `load_splits` reads as IDX): per digit, the first `train_per_class` images to the
-/// training split, the rest to the test split, the digits interleaved (0, 1, …, 9, 0, 1, …) so
-/// that every held-out slice of the training split is balanced. With `expected_sha256`, a
+/// training split, the rest to the test split. The training split is written digit by digit, so
+/// that holding out every k-th image (`ImageDataset::split_off_held_out`, k dividing
+/// `train_per_class`) takes the same share of each digit; the test split is interleaved
+/// (0, 1, …, 9, 0, 1, …), so that its first N images (`--test-limit`) are balanced. With `expected_sha256`, a
 /// tarball with another hash is refused before it is read. Any file missing, of a length that
 /// is not a whole number of 28 × 28 images, with values outside [0, 1], or with too few images
 /// for the split is refused with one line naming it; nothing is written then.
@@ -110,7 +112,12 @@ pub fn convert_npm_digits(
         }
         split
     };
-    let train = interleaved(&|_| 0..train_per_class);
+    // Not interleaved: with 10 digits in turn, every 5th or 10th image is always the same digit,
+    // and holding those out left training without two digits (found in the digits evidence).
+    let train: Vec<(&[u8], u8)> = (0..10)
+        .flat_map(|d| (0..train_per_class).map(move |i| (d, i)))
+        .map(|(d, i)| (image(d, i), d as u8))
+        .collect();
     let test = interleaved(&|d| train_per_class..per_digit[d]);
     write_idx_split(out, "train", SIDE, SIDE, &train)?;
     write_idx_split(out, "t10k", SIDE, SIDE, &test)?;
@@ -191,7 +198,7 @@ mod tests {
     }
 
     #[test]
-    fn converts_with_a_fixed_interleaved_split_the_idx_loader_reads() {
+    fn converts_with_a_fixed_split_the_idx_loader_reads_and_holds_out_evenly() {
         let dir = tempfile::tempdir().unwrap();
         let counts = [3, 4, 3, 3, 3, 3, 3, 3, 3, 5];
         let package = fixture(dir.path(), &counts, |_, j| j);
@@ -207,7 +214,14 @@ mod tests {
         assert_eq!((split.train, split.test), (20, 33 - 20));
         let splits = crate::data::load_splits(&out).unwrap();
         let labels: Vec<usize> = splits.train.samples.iter().map(|s| s.label).collect();
-        assert_eq!(labels[..10], [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]);
+        assert_eq!(labels[..6], [0, 0, 1, 1, 2, 2]);
+        let test: Vec<usize> = splits.test.samples.iter().map(|s| s.label).collect();
+        assert_eq!(test[..10], [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]);
+        // Holding out every other training image takes one of each digit's two.
+        let mut train = splits.train.clone();
+        let held_out = train.split_off_held_out(0.5);
+        let held: Vec<usize> = held_out.samples.iter().map(|s| s.label).collect();
+        assert_eq!(held, (0..10).collect::<Vec<_>>());
         assert_eq!(splits.test.samples.len(), 13);
         // Digit 9's test images are its images 2, 3, 4: pixel (0, k) holds 10/16 → 159.
         let nines: Vec<_> = splits

@@ -104,6 +104,15 @@ impl ImageDataset {
         }
     }
 
+    /// How many samples each class has.
+    pub fn class_counts(&self) -> Vec<usize> {
+        let mut counts = vec![0usize; self.classes.len()];
+        for s in &self.samples {
+            counts[s.label] += 1;
+        }
+        counts
+    }
+
     /// Keeps at most `per_class` samples of each class, in order.
     pub fn take_per_class(&mut self, per_class: usize) {
         let mut counts = vec![0usize; self.classes.len()];
