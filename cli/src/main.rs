@@ -12,6 +12,7 @@ mod checkpoint_args;
 mod import_tasks;
 mod infer_tasks;
 mod logging;
+mod node_args;
 mod paths;
 mod pretrain_task;
 mod serve_tasks;

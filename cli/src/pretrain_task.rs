@@ -61,6 +61,8 @@ pub struct PretrainArgs {
     /// Train data-parallel on these GPUs, as `train --devices` (--batch is the global batch).
     #[arg(long, value_delimiter = ',')]
     devices: Vec<usize>,
+    #[command(flatten)]
+    nodes: crate::node_args::NodeArgs,
     /// Override the recipe's number of blocks.
     #[arg(long)]
     depth: Option<usize>,
@@ -100,6 +102,7 @@ pub fn pretrain(a: PretrainArgs) -> Result<(), Error> {
         },
         workers: a.workers,
         loss_check_every: loss_check_every(),
+        nodes: a.nodes.group()?,
         backend: backend::NAME.into(),
     };
     tracing::info!(

@@ -12,6 +12,7 @@ use dmpo_train::{
 };
 
 use crate::checkpoint_args::CheckpointArgs;
+use crate::node_args::NodeArgs;
 use crate::{Error, paths};
 
 pub type TrainBackend = Autodiff<Backend>;
@@ -33,6 +34,8 @@ pub struct TrainArgs {
     /// Continue an interrupted run in --out from its last checkpoint.
     #[arg(long)]
     resume: bool,
+    #[command(flatten)]
+    nodes: NodeArgs,
 }
 
 /// Train DMPO and the baseline (or the `--arms` given) on the same data and budget, for one or
@@ -259,7 +262,8 @@ pub fn training_devices(ids: &[usize]) -> Result<Vec<burn::tensor::Device<TrainB
 
 pub fn train(a: TrainArgs) -> Result<(), Error> {
     let method = if a.baseline { Arm::Baseline } else { a.method };
-    let config = a.run.tune_config(method);
+    let mut config = a.run.tune_config(method);
+    config.train.nodes = a.nodes.group()?;
     config.check()?;
     let devices = training_devices(&a.run.devices)?;
     a.run.announce("train");

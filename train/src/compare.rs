@@ -46,6 +46,13 @@ pub fn compare<B: AutodiffBackend>(
     resume: bool,
     devices: &[B::Device],
 ) -> Result<CompareReport, TuneError> {
+    if config.tune.train.nodes.is_some() {
+        return Err(TuneError::Config(
+            "compare trains several models in one process, and a process joins a node group \
+             once: train each arm with `train --nodes ...` instead"
+                .into(),
+        ));
+    }
     // Settings a later arm would refuse are refused before the first arm trains.
     for &arm in &config.arms {
         arm_settings(&config.tune, arm)?;

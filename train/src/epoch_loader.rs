@@ -12,6 +12,8 @@
 //! takes its part of every *global* batch of the one epoch order (device `k` the `k`-th
 //! `batch_size` items of each `n * batch_size`), so the devices together see exactly the batches
 //! one device would, with the same augmentation (keyed on each image's position in the epoch).
+//! Several nodes ([`EpochLoader::for_node`]) split it the same way: node `r` of `m`, with `n`
+//! devices each, takes shards `r * n .. (r + 1) * n` of every `m * n * batch_size`.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -54,16 +56,26 @@ pub enum Split {
     Valid,
 }
 
-/// Which part of each global batch a loader yields: `index` of `count` devices.
+/// Which part of each global batch a loader yields: `index` of `count` shards, one per device of
+/// every node (node `r`'s devices are shards `r * devices ..`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Shard {
     index: usize,
     count: usize,
+    /// Devices on this node.
+    devices: usize,
+    /// This node's first shard.
+    first: usize,
 }
 
 impl Shard {
     /// The whole batch (one device).
-    const WHOLE: Self = Self { index: 0, count: 1 };
+    const WHOLE: Self = Self {
+        index: 0,
+        count: 1,
+        devices: 1,
+        first: 0,
+    };
 }
 
 /// A [`DataLoader`] of [`ExitBatch`]es for Burn's Learner.
@@ -121,9 +133,28 @@ impl<B: Backend> EpochLoader<B> {
     /// [`DataLoader::slice`] once per device): `batch_size` becomes the per-device batch, so
     /// `batch_size * devices` items make one optimisation step, as `batch_size` do unsplit.
     pub fn for_devices(mut self, devices: usize) -> Self {
+        let nodes = self.shard.count / self.shard.devices;
+        let devices = devices.max(1);
         self.shard = Shard {
-            index: 0,
-            count: devices.max(1),
+            index: self.shard.first / self.shard.devices * devices,
+            count: nodes * devices,
+            devices,
+            first: self.shard.first / self.shard.devices * devices,
+        };
+        self
+    }
+
+    /// The loader of node `rank` of `nodes` training together: `batch_size` (per device) times
+    /// the devices of every node make one optimisation step, and this node's devices take their
+    /// parts of it (so the nodes together see the batches one process would).
+    pub fn for_node(mut self, rank: usize, nodes: usize) -> Self {
+        let devices = self.shard.devices;
+        let first = rank * devices;
+        self.shard = Shard {
+            index: first,
+            count: nodes.max(1) * devices,
+            devices,
+            first,
         };
         self
     }
@@ -135,15 +166,26 @@ impl<B: Backend> EpochLoader<B> {
 
     /// The positions (in `order`) of this shard's part of every global batch, with the share of
     /// its global batch each part is: `(first position, positions, share)`.
+    ///
+    /// Every shard has a part of every global batch, so that all of them take the same number of
+    /// steps (the devices and nodes sum their gradients step by step): a full batch gives each
+    /// shard `batch_size` items, a short last one is split as evenly as it goes, and a shard
+    /// left without an item (fewer items than shards) gets the batch's first one at share 0,
+    /// which adds nothing to the gradient.
     fn parts(&self, total: usize) -> Vec<(usize, std::ops::Range<usize>, f32)> {
         let global = self.global_batch();
+        let (index, count) = (self.shard.index, self.shard.count);
         (0..total.div_ceil(global))
-            .filter_map(|g| {
+            .map(|g| {
                 let start = g * global;
                 let len = global.min(total - start);
-                let from = start + (self.shard.index * self.batch_size).min(len);
-                let to = start + ((self.shard.index + 1) * self.batch_size).min(len);
-                (to > from).then(|| (from, from..to, (to - from) as f32 / len as f32))
+                let from = start + index * len / count;
+                let to = start + (index + 1) * len / count;
+                if to > from {
+                    (from, from..to, (to - from) as f32 / len as f32)
+                } else {
+                    (start, start..start + 1, 0.0)
+                }
             })
             .collect()
     }
@@ -192,9 +234,27 @@ impl<B: Backend> DataLoader<B, ExitBatch<B>> for EpochLoader<B> {
                     );
                     batch.share = share;
                     done += samples.len();
-                    // A batch of only unreadable images has nothing to train on.
+                    // A batch of only unreadable images has nothing to train on. Alone, skip it;
+                    // sharded, the step must still be taken (the others sum with this one):
+                    // with the first readable image of the epoch at share 0.
                     if batch.targets.dims()[0] == 0 {
-                        continue;
+                        if loader.shard.count == 1 {
+                            continue;
+                        }
+                        let Some(stand_in) = order.iter().find_map(|&i| {
+                            let b = loader.batcher.batch::<B>(
+                                &[&loader.samples[i]],
+                                epoch,
+                                first,
+                                1,
+                                &loader.device,
+                            );
+                            (b.targets.dims()[0] > 0).then_some(b)
+                        }) else {
+                            continue;
+                        };
+                        batch = stand_in;
+                        batch.share = 0.0;
                     }
                     if let Some(previous) = held.replace((done, batch))
                         && tx.send(previous).is_err()
@@ -226,19 +286,22 @@ impl<B: Backend> DataLoader<B, ExitBatch<B>> for EpochLoader<B> {
     /// A loader made [`for_devices`](Self::for_devices) gives shard `k` for Burn's `k`-th range
     /// (`start = k * len / devices`); any other keeps the samples in `start..end`.
     fn slice(&self, start: usize, end: usize) -> Arc<dyn DataLoader<B, ExitBatch<B>>> {
-        let count = self.shard.count;
-        if count > 1 {
-            let step = (self.samples.len() / count).max(1);
-            let index = (start / step).min(count - 1);
-            // The first shard advances the shared epoch counter (the validation loader reads
+        let devices = self.shard.devices;
+        if devices > 1 {
+            let step = (self.samples.len() / devices).max(1);
+            let local = (start / step).min(devices - 1);
+            // The first device advances the shared epoch counter (the validation loader reads
             // it); the others count their own epochs from the same start.
-            let epochs = if index == 0 {
+            let epochs = if local == 0 {
                 self.epochs.clone()
             } else {
                 EpochCounter::new(self.epochs.started())
             };
             return Arc::new(Self {
-                shard: Shard { index, count },
+                shard: Shard {
+                    index: self.shard.first + local,
+                    ..self.shard
+                },
                 epochs,
                 ..self.clone()
             });

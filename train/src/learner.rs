@@ -72,6 +72,10 @@ pub struct TrainConfig {
     /// Smallest crop area fraction when augmenting.
     #[config(default = 0.35)]
     pub min_crop_scale: f64,
+    /// Train as one node of a group of machines (gradients summed through Burn's collective);
+    /// `None`: this process alone.
+    #[config(default = "None")]
+    pub nodes: Option<crate::NodeGroup>,
 }
 
 /// Trains the add-ons of `model` with Burn's Learner: per-exit metrics live, checkpoints of
@@ -96,6 +100,7 @@ pub fn train<B: AutodiffBackend>(
         distillation: config.distillation.clone(),
         dyt: config.dyt.clone(),
         guard: LossGuard::every(config.loss_check_every),
+        sync: crate::GradientSync::none(),
     };
     let run = Run {
         train_set,
@@ -152,10 +157,35 @@ where
     let device = devices.first().ok_or(TrainError::Devices(
         "no device to train on was given".to_string(),
     ))?;
-    let per_device_batch =
-        per_device_batch(config.batch_size, devices.len(), train_set.samples.len())?;
-    let guard = trainee.guard().clone();
+    let (rank, nodes) = config
+        .nodes
+        .as_ref()
+        .map_or((0, 1), |g| (g.rank as usize, g.nodes as usize));
+    let per_device_batch = per_device_batch(
+        config.batch_size,
+        devices.len() * nodes,
+        train_set.samples.len(),
+    )?;
+    // Seeded before anything draws: parameters made lazily draw their values at first use.
     B::seed(device, config.seed);
+    let mut trainee = trainee;
+    let mut resume_epoch = resume_epoch;
+    if let Some(group) = &config.nodes {
+        let sync = crate::GradientSync::join::<B::InnerBackend>(group, device)
+            .map_err(TrainError::Devices)?;
+        // Burn sums the gradients parameter by parameter in the order of their ids, which are
+        // random per process: number them in the model's own order, the same on every node.
+        trainee = trainee.map(&mut NumberParams(0));
+        resume_epoch = sync.agree_on_resume::<B::InnerBackend>(resume_epoch, config.epochs, device);
+        sync.set_checkpoints(artifact_dir.join("checkpoint"));
+        tracing::info!(
+            "node {rank} of {nodes}: {per_device_batch} images per device and step, {} per step \
+             over the group",
+            per_device_batch * devices.len() * nodes
+        );
+        trainee.set_sync(sync);
+    }
+    let guard = trainee.guard().clone();
     let batches_per_epoch = train_set.samples.len().div_ceil(config.batch_size);
     let weights = EpochWeights::new(config.schedule.clone(), exit_blocks.clone(), config.epochs);
     for epoch in 0..config.epochs {
@@ -190,7 +220,8 @@ where
             config.num_workers,
             device,
         )
-        .for_devices(devices.len()),
+        .for_devices(devices.len())
+        .for_node(rank, nodes),
     );
     let valid_loader = Arc::new(EpochLoader::<B::InnerBackend>::new(
         valid_set.samples,
@@ -275,13 +306,27 @@ where
     }
 }
 
-/// Each device's part of a global batch of `batch_size`: it must divide evenly, so that every
-/// step sees the same items as on one device.
+/// Numbers every parameter in the model's visiting order (a [`ParamId`] is random otherwise).
+struct NumberParams(u64);
+
+impl<B: burn::prelude::Backend> burn::module::ModuleMapper<B> for NumberParams {
+    fn map_float<const D: usize>(
+        &mut self,
+        param: burn::module::Param<burn::prelude::Tensor<B, D>>,
+    ) -> burn::module::Param<burn::prelude::Tensor<B, D>> {
+        let (_, tensor, mapper) = param.consume();
+        self.0 += 1;
+        burn::module::Param::from_mapped_value(burn::module::ParamId::from(self.0), tensor, mapper)
+    }
+}
+
+/// Each device's part of a global batch of `batch_size` (`devices`: over every node): it must
+/// divide evenly, so that every step sees the same items as on one device.
 fn per_device_batch(batch_size: usize, devices: usize, items: usize) -> Result<usize, TrainError> {
     if devices > 1 && !batch_size.is_multiple_of(devices) {
         return Err(TrainError::Devices(format!(
             "--batch {batch_size} does not split evenly over {devices} devices: pick a multiple \
-             of {devices} (the batch is the global one, shared by the devices)"
+             of {devices} (the batch is the global one, shared by the devices of every node)"
         )));
     }
     if devices > items {

@@ -35,6 +35,7 @@ mod loss_guard;
 mod loss_schedule;
 mod lr_schedule;
 mod metrics;
+mod node_group;
 mod pixel_baseline;
 mod pretrain;
 mod pretrain_job;
@@ -65,6 +66,7 @@ pub use loss_guard::LossGuard;
 pub use loss_schedule::{LossSchedule, PhaseTwo};
 pub use lr_schedule::WarmupCosine;
 pub use metrics::{ExitMetric, ExitMetricKind, HostExits, MultiExitOutput, metric_kinds};
+pub use node_group::{GradientSync, LOST_PEER_EXIT_CODE, NodeGroup};
 pub use pixel_baseline::{
     PixelBaselineConfig, PixelBaselineReport, pixel_baseline, pixel_features,
 };

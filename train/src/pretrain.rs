@@ -120,6 +120,8 @@ pub struct PretrainTrainee<B: Backend> {
     pub weight_decay: f64,
     #[module(skip)]
     pub guard: LossGuard,
+    #[module(skip)]
+    pub sync: crate::GradientSync,
 }
 
 impl<B: Backend> PretrainTrainee<B> {
@@ -218,6 +220,7 @@ pub fn pretrain_on<B: AutodiffBackend>(
         label_smoothing: config.train.label_smoothing,
         weight_decay: config.train.weight_decay,
         guard: LossGuard::every(config.train.loss_check_every),
+        sync: crate::GradientSync::none(),
     };
     let train_config = config.train.clone().with_schedule(LossSchedule::uniform());
     let run = Run {

@@ -115,6 +115,8 @@ pub struct PretrainJob {
     pub loss_check_every: usize,
     /// The backend's name, for the result file.
     pub backend: String,
+    /// Train as one node of a group of machines (not part of the recipe).
+    pub nodes: Option<crate::NodeGroup>,
 }
 
 /// A saved pretraining recipe; settings added to the recipe since it was written take their
@@ -180,6 +182,7 @@ pub fn pretrain_backbone<B: AutodiffBackend>(
     };
     recipe.validate_aux_exits().map_err(TuneError::Config)?;
     recipe.train.loss_check_every = job.loss_check_every;
+    recipe.train.nodes = job.nodes.clone();
     if let Some(w) = job.workers {
         recipe.train.num_workers = w.max(1);
     }
@@ -200,7 +203,10 @@ pub fn pretrain_backbone<B: AutodiffBackend>(
         ));
     }
     let write_recipe = |recipe: &PretrainConfig| {
-        dmpo_import::write_atomic(&recipe_path, recipe.to_string().as_bytes())
+        // Where this run trains is not part of the recipe.
+        let mut saved = recipe.clone();
+        saved.train.nodes = None;
+        dmpo_import::write_atomic(&recipe_path, saved.to_string().as_bytes())
     };
     let (vit, source) = match data {
         None => {

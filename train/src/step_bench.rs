@@ -145,6 +145,7 @@ pub fn bench_train_step<B: AutodiffBackend>(
         distillation: crate::SelfDistillation::off(),
         dyt: crate::DytLoss::new(),
         guard: LossGuard::default(),
+        sync: crate::GradientSync::none(),
     };
     let mut optim = AdamWConfig::new().with_weight_decay(0.0).init();
     let batch = || ExitBatch {

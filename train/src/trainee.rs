@@ -27,6 +27,9 @@ pub struct Trainee<B: Backend> {
     /// Stops the run at a non-finite loss.
     #[module(skip)]
     pub guard: crate::LossGuard,
+    /// Sums the gradients across a group of nodes (none: one process).
+    #[module(skip)]
+    pub sync: crate::GradientSync,
 }
 
 impl<B: Backend> Trainee<B> {
@@ -108,6 +111,10 @@ macro_rules! exit_loss_steps {
             fn guard(&self) -> &$crate::LossGuard {
                 &self.guard
             }
+
+            fn set_sync(&mut self, sync: $crate::GradientSync) {
+                self.sync = sync;
+            }
         }
 
         impl<B: burn::tensor::backend::AutodiffBackend> burn::train::TrainStep for $trainee<B> {
@@ -140,6 +147,8 @@ macro_rules! exit_loss_steps {
                 O: burn::optim::Optimizer<Self, BB>,
                 Self: burn::module::AutodiffModule<BB>,
             {
+                // Every node takes part in the sum, whatever its own loss was.
+                let grads = self.sync.all_reduce::<BB::InnerBackend>(grads);
                 // A non-finite loss poisons the gradients: keep the last good weights.
                 if self.guard.tripped() {
                     return self;
@@ -167,10 +176,13 @@ macro_rules! exit_loss_steps {
 }
 pub(crate) use exit_loss_steps;
 
-/// A trainee whose steps check their losses with a [`LossGuard`](crate::LossGuard): the Learner
-/// loop stops on the same guard.
+/// A trainee whose steps check their losses with a [`LossGuard`](crate::LossGuard) (the Learner
+/// loop stops on the same guard) and sum their gradients with a
+/// [`GradientSync`](crate::GradientSync) (set by the loop when training as one of a group of
+/// nodes).
 pub trait Guarded {
     fn guard(&self) -> &crate::LossGuard;
+    fn set_sync(&mut self, sync: crate::GradientSync);
 }
 
 exit_loss_steps!(Trainee);

@@ -1,11 +1,9 @@
 //! A few epochs of the real training loop (Burn's Learner, our steps and metrics) lower the loss
 //! of a tiny multi-exit model, and only its add-ons change.
 
-use std::sync::Arc;
-
 use burn::backend::{Autodiff, NdArray};
 use burn::data::dataloader::DataLoader;
-use dmpo_infer::data::{ImageDataset, ImageRef, Sample};
+use dmpo_infer::data::ImageRef;
 use dmpo_model::Preprocess;
 use dmpo_model::dmpo::DmpoConfig;
 use dmpo_model::dyt::DispatchConfig;
@@ -14,57 +12,15 @@ use dmpo_train::{
     EpochCounter, EpochLoader, EpochWeights, ExitBatch, ExitBatcher, LossGuard, LossSchedule,
     Split, TrainConfig, TrainError, Trainee,
 };
-use image::{DynamicImage, RgbImage};
+
+mod common;
+use common::{parameters, preprocess, stripes};
+
+fn tiny_model(seed: u64) -> dmpo_model::dmpo::DmpoModel<B> {
+    common::tiny_model::<B>(seed)
+}
 
 type B = Autodiff<NdArray>;
-
-/// Two classes told apart by a horizontal vs a vertical stripe, with varying brightness.
-fn stripes(n: usize) -> ImageDataset {
-    let samples = (0..n)
-        .map(|i| {
-            let label = i % 2;
-            let level = 120 + (i * 37 % 100) as u8;
-            let img = RgbImage::from_fn(16, 16, |x, y| {
-                let on = if label == 0 {
-                    (6..10).contains(&y)
-                } else {
-                    (6..10).contains(&x)
-                };
-                let v = if on { level } else { 30 };
-                image::Rgb([v, v, v])
-            });
-            Sample {
-                image: ImageRef::Memory(Arc::new(DynamicImage::ImageRgb8(img))),
-                label,
-            }
-        })
-        .collect();
-    ImageDataset {
-        samples,
-        classes: vec!["horizontal".into(), "vertical".into()],
-    }
-}
-
-/// A tiny two-exit DMPO model (16 px, patch 4, width 24, 4 blocks); the same weights for a seed.
-///
-/// NdArray draws every random tensor from one process-wide generator and this file's tests run
-/// on parallel threads: the seed and the draws of the weights happen under one lock, so another
-/// test's model cannot draw in between (this file draws nowhere else).
-fn tiny_model(seed: u64) -> dmpo_model::dmpo::DmpoModel<B> {
-    static RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _one_at_a_time = RNG.lock().unwrap_or_else(|e| e.into_inner());
-    let device = Default::default();
-    <B as burn::prelude::Backend>::seed(&device, seed);
-    let vit = VitConfig::tiny().with_num_classes(0).init::<B>(&device);
-    DmpoConfig::new(2)
-        .with_exits(vec![2, 4])
-        .init(vit, &device)
-        .unwrap()
-}
-
-fn preprocess() -> Preprocess {
-    Preprocess::new(16).with_crop_pct(1.0)
-}
 
 fn batcher(schedule: LossSchedule, epochs: usize, augment: bool) -> ExitBatcher {
     ExitBatcher {
@@ -87,20 +43,6 @@ fn loader(split: Split, epochs: &EpochCounter, n: usize, augment: bool) -> Epoch
     )
 }
 
-/// Every parameter of a model, flattened in visiting order.
-fn parameters(m: &dmpo_model::dmpo::DmpoModel<NdArray>) -> Vec<f32> {
-    use burn::module::{Module, ModuleVisitor, Param};
-    struct Collect(Vec<f32>);
-    impl ModuleVisitor<NdArray> for Collect {
-        fn visit_float<const D: usize>(&mut self, p: &Param<burn::prelude::Tensor<NdArray, D>>) {
-            self.0.extend(p.val().into_data().to_vec::<f32>().unwrap());
-        }
-    }
-    let mut c = Collect(Vec::new());
-    m.visit(&mut c);
-    c.0
-}
-
 #[test]
 fn training_lowers_the_loss_and_leaves_the_backbone_alone() {
     let device = Default::default();
@@ -118,6 +60,7 @@ fn training_lowers_the_loss_and_leaves_the_backbone_alone() {
             distillation: dmpo_train::SelfDistillation::off(),
             dyt: dmpo_train::DytLoss::new(),
             guard: LossGuard::default(),
+            sync: dmpo_train::GradientSync::none(),
         };
         t.forward_loss(batch()).loss.into_scalar()
     };
@@ -286,14 +229,14 @@ fn resuming_gives_the_same_model_as_an_uninterrupted_run() {
 fn data_parallel_training_equals_one_device_on_the_same_global_batch() {
     // Two workers on the one CPU device exercise everything data-parallel training adds
     // (sharded loaders, loss shares, gradients summed on the first device); GPU backends only
-    // change where the workers run. 60 images in global batches of 16: the last step has 12,
-    // split 8 + 4, so unequal shares are covered too.
+    // change where the workers run. 59 images in global batches of 16: the last step has 11,
+    // split 5 + 6, so unequal shares are covered too.
     let device: burn::tensor::Device<B> = Default::default();
     let run = |devices: &[burn::tensor::Device<B>]| {
         let dir = tempfile::tempdir().unwrap();
         let model = dmpo_train::train(
             tiny_model(0),
-            stripes(60),
+            stripes(59),
             stripes(16),
             &preprocess(),
             &train_config(2),
@@ -329,7 +272,7 @@ fn data_parallel_training_equals_one_device_on_the_same_global_batch() {
     let dir = tempfile::tempdir().unwrap();
     let uneven = dmpo_train::train(
         tiny_model(0),
-        stripes(60),
+        stripes(59),
         stripes(16),
         &preprocess(),
         &train_config(1).with_batch_size(15),
@@ -479,6 +422,7 @@ fn self_distillation_changes_the_early_exits_losses_only() {
             distillation,
             dyt: dmpo_train::DytLoss::new(),
             guard: LossGuard::default(),
+            sync: dmpo_train::GradientSync::none(),
         };
         let out = t.forward_loss(eval_batcher.batch::<NdArray>(&refs, 0, 0, 1, &device));
         out.exit_losses

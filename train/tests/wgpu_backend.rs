@@ -267,6 +267,7 @@ fn step<B: AutodiffBackend>(
         distillation: SelfDistillation::new().with_weight(0.5),
         dyt: dmpo_train::DytLoss::new(),
         guard: LossGuard::default(),
+        sync: dmpo_train::GradientSync::none(),
     };
     let out = trainee.forward_loss(batcher.batch::<B>(&refs, 0, 0, 1, device));
     let loss = out.loss.clone().into_scalar().elem::<f32>();

@@ -1,0 +1,72 @@
+//! What the training tests share: a two-class image set and a tiny two-exit model.
+
+use std::sync::Arc;
+
+use burn::prelude::Backend;
+use dmpo_infer::data::{ImageDataset, ImageRef, Sample};
+use dmpo_model::Preprocess;
+use dmpo_model::dmpo::{DmpoConfig, DmpoModel};
+use dmpo_model::vit::VitConfig;
+use image::{DynamicImage, RgbImage};
+
+/// Two classes told apart by a horizontal vs a vertical stripe, with varying brightness.
+pub fn stripes(n: usize) -> ImageDataset {
+    let samples = (0..n)
+        .map(|i| {
+            let label = i % 2;
+            let level = 120 + (i * 37 % 100) as u8;
+            let img = RgbImage::from_fn(16, 16, |x, y| {
+                let on = if label == 0 {
+                    (6..10).contains(&y)
+                } else {
+                    (6..10).contains(&x)
+                };
+                let v = if on { level } else { 30 };
+                image::Rgb([v, v, v])
+            });
+            Sample {
+                image: ImageRef::Memory(Arc::new(DynamicImage::ImageRgb8(img))),
+                label,
+            }
+        })
+        .collect();
+    ImageDataset {
+        samples,
+        classes: vec!["horizontal".into(), "vertical".into()],
+    }
+}
+
+/// A tiny two-exit DMPO model (16 px, patch 4, width 24, 4 blocks); the same weights for a seed.
+///
+/// The backends draw every random tensor from one process-wide generator and a test file's
+/// tests run on parallel threads: the seed and the draws of the weights happen under one lock,
+/// so another test's model cannot draw in between (the tests draw nowhere else).
+pub fn tiny_model<B: Backend>(seed: u64) -> DmpoModel<B> {
+    static RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_at_a_time = RNG.lock().unwrap_or_else(|e| e.into_inner());
+    let device = Default::default();
+    B::seed(&device, seed);
+    let vit = VitConfig::tiny().with_num_classes(0).init::<B>(&device);
+    DmpoConfig::new(2)
+        .with_exits(vec![2, 4])
+        .init(vit, &device)
+        .unwrap()
+}
+
+pub fn preprocess() -> Preprocess {
+    Preprocess::new(16).with_crop_pct(1.0)
+}
+
+/// Every parameter of a model, flattened in visiting order.
+pub fn parameters<B: Backend>(m: &DmpoModel<B>) -> Vec<f32> {
+    use burn::module::{Module, ModuleVisitor, Param};
+    struct Collect(Vec<f32>);
+    impl<B: Backend> ModuleVisitor<B> for Collect {
+        fn visit_float<const D: usize>(&mut self, p: &Param<burn::prelude::Tensor<B, D>>) {
+            self.0.extend(p.val().into_data().to_vec::<f32>().unwrap());
+        }
+    }
+    let mut c = Collect(Vec::new());
+    m.visit(&mut c);
+    c.0
+}
