@@ -156,11 +156,11 @@ fn worst(a: &[f32], b: &[f32]) -> f32 {
         .fold(0.0, f32::max)
 }
 
-fn two_nodes(root: &Path, shape: (usize, usize), epochs: usize) -> [PathBuf; 2] {
+/// Runs node 0 and node 1 in `dirs` to their end (fresh or resumed); both must succeed.
+fn run_group(dirs: &[PathBuf; 2], shape: (usize, usize), epochs: usize, resume: bool) {
     let port = free_ports();
-    let dirs = [root.join("node-0"), root.join("node-1")];
     let mut children: Vec<Child> = (0..2)
-        .map(|r| spawn(r, port, epochs, false, shape, &dirs[r as usize]))
+        .map(|r| spawn(r, port, epochs, resume, shape, &dirs[r as usize]))
         .collect();
     for (r, c) in children.iter_mut().enumerate() {
         let status = wait(c, Duration::from_secs(240));
@@ -168,10 +168,15 @@ fn two_nodes(root: &Path, shape: (usize, usize), epochs: usize) -> [PathBuf; 2] 
             std::fs::read_to_string(dirs[r].join(format!("stderr-{r}.log"))).unwrap_or_default();
         assert!(
             status.is_some_and(|s| s.success()),
-            "node {r}: {status:?}\n{}",
+            "node {r} (resumed: {resume}): {status:?}\n{}",
             &log[log.len().saturating_sub(3000)..]
         );
     }
+}
+
+fn two_nodes(root: &Path, shape: (usize, usize), epochs: usize) -> [PathBuf; 2] {
+    let dirs = [root.join("node-0"), root.join("node-1")];
+    run_group(&dirs, shape, epochs, false);
     dirs
 }
 
@@ -262,20 +267,7 @@ fn a_killed_node_stops_its_peer_and_both_resume_to_the_uninterrupted_weights() {
     );
 
     // Both resume from the checkpoint they have in common.
-    let port = free_ports();
-    let mut children: Vec<Child> = (0..2)
-        .map(|r| spawn(r, port, 3, true, (64, 1), &dirs[r as usize]))
-        .collect();
-    for (r, c) in children.iter_mut().enumerate() {
-        let status = wait(c, Duration::from_secs(240));
-        let log =
-            std::fs::read_to_string(dirs[r].join(format!("stderr-{r}.log"))).unwrap_or_default();
-        assert!(
-            status.is_some_and(|s| s.success()),
-            "resumed node {r}: {status:?}\n{}",
-            &log[log.len().saturating_sub(3000)..]
-        );
-    }
+    run_group(&dirs, (64, 1), 3, true);
     for dir in &dirs {
         let w = worst(&expected, &read_params(dir));
         assert!(w < 1e-4, "resumed weights differ by up to {w}");
