@@ -119,6 +119,13 @@ pub struct PretrainJob {
     pub nodes: Option<crate::NodeGroup>,
 }
 
+/// The recipe as saved: where this run trained (`train.nodes`) is not part of it.
+fn recipe_text(recipe: &PretrainConfig) -> String {
+    let mut saved = recipe.clone();
+    saved.train.nodes = None;
+    saved.to_string()
+}
+
 /// A saved pretraining recipe; settings added to the recipe since it was written take their
 /// defaults, so a run started by an older version still resumes.
 pub fn load_recipe(path: &Path) -> Result<PretrainConfig, TuneError> {
@@ -203,10 +210,7 @@ pub fn pretrain_backbone<B: AutodiffBackend>(
         ));
     }
     let write_recipe = |recipe: &PretrainConfig| {
-        // Where this run trains is not part of the recipe.
-        let mut saved = recipe.clone();
-        saved.train.nodes = None;
-        dmpo_import::write_atomic(&recipe_path, saved.to_string().as_bytes())
+        dmpo_import::write_atomic(&recipe_path, recipe_text(recipe).as_bytes())
     };
     let (vit, source) = match data {
         None => {
@@ -315,7 +319,7 @@ pub fn pretrain_backbone<B: AutodiffBackend>(
     crate::write_epoch_metrics(&artifacts, work).map_err(io(work))?;
     let preprocess = recipe.preprocess();
     save_backbone(out, &recipe.vit, &preprocess, vit, &source)?;
-    dmpo_import::write_atomic(&out.join("pretrain.json"), recipe.to_string().as_bytes())?;
+    dmpo_import::write_atomic(&out.join("pretrain.json"), recipe_text(&recipe).as_bytes())?;
     result["minutes_this_run"] = (started.elapsed().as_secs_f64() / 60.0).into();
     result["resumed_after_epoch"] = resume_epoch.into();
     let text = serde_json::to_string_pretty(&result)
