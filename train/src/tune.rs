@@ -71,22 +71,7 @@ impl TuneData {
         if options.per_class > 0 {
             s.train.take_per_class(options.per_class);
         }
-        let before = s.train.class_counts();
         let held_out = s.train.split_off_held_out(options.held_out);
-        // Every k-th image held out takes a whole class when the images come in a class order
-        // of period k: refuse that rather than train without the class.
-        let after = s.train.class_counts();
-        if let Some(c) = (0..before.len()).find(|&c| before[c] > 0 && after[c] == 0) {
-            return Err(TuneError::Config(format!(
-                "{}: holding out every {}th training image (held out {}) leaves class '{}' no \
-                 training image: the training images come in a repeating class order; store \
-                 them shuffled or class by class, or hold out another fraction",
-                dir.display(),
-                (1.0 / options.held_out).round().max(2.0),
-                options.held_out,
-                s.train.classes[c]
-            )));
-        }
         if options.test_limit > 0 {
             s.test.samples.truncate(options.test_limit);
         }
@@ -303,55 +288,4 @@ pub(crate) fn arm_settings(
         SelfDistillation::off()
     };
     Ok((distillation, dispatch))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// An IDX dataset of blank 2 × 2 images whose training labels are `labels`.
-    fn idx_dataset(dir: &Path, labels: &[u8]) {
-        let write = |name: &str, magic: u32, dims: &[u32], data: &[u8]| {
-            let mut bytes = magic.to_be_bytes().to_vec();
-            for d in dims {
-                bytes.extend(d.to_be_bytes());
-            }
-            bytes.extend(data);
-            std::fs::write(dir.join(name), bytes).unwrap();
-        };
-        let n = labels.len() as u32;
-        for split in ["train", "t10k"] {
-            let images = vec![0u8; labels.len() * 4];
-            write(
-                &format!("{split}-images-idx3-ubyte"),
-                0x803,
-                &[n, 2, 2],
-                &images,
-            );
-            write(&format!("{split}-labels-idx1-ubyte"), 0x801, &[n], labels);
-        }
-    }
-
-    #[test]
-    fn a_held_out_split_that_takes_a_whole_class_is_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        // Five classes in turn: every 5th image is class 4.
-        let labels: Vec<u8> = (0..50).map(|i| (i % 5) as u8).collect();
-        idx_dataset(dir.path(), &labels);
-        let options = |held_out| DataOptions {
-            held_out,
-            ..DataOptions::default()
-        };
-        let err = TuneData::load(dir.path(), &options(0.2))
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.contains("every 5th") && err.contains("class '4'"),
-            "{err}"
-        );
-        // Every 4th takes some of each class.
-        let data = TuneData::load(dir.path(), &options(0.25)).unwrap();
-        assert!(data.train.class_counts()[..5].iter().all(|&c| c > 0));
-        assert!(data.held_out.class_counts()[..5].iter().all(|&c| c > 0));
-    }
 }

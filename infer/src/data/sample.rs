@@ -79,8 +79,13 @@ impl ImageDataset {
         self.classes.len()
     }
 
-    /// Splits off `fraction` of the samples (every k-th, so classes stay balanced in sorted data
-    /// and the split is the same on every run) as a held-out set.
+    /// Splits off `fraction` of the samples as a held-out set: every k-th (the same split on
+    /// every run; close to balanced in shuffled data, exactly so in data sorted by class).
+    ///
+    /// Images that come in a repeating class order (0, 1, …, 9, 0, 1, …) would lose whole
+    /// classes that way (every 10th is always a 9): when every k-th image overall leaves a class
+    /// without training images, or one with k or more images without any held out, the split
+    /// takes every k-th image *of each class* instead.
     pub fn split_off_held_out(&mut self, fraction: f64) -> ImageDataset {
         if fraction <= 0.0 || self.samples.is_empty() {
             return ImageDataset {
@@ -89,9 +94,39 @@ impl ImageDataset {
             };
         }
         let every = (1.0 / fraction).round().max(2.0) as usize;
+        let samples = std::mem::take(&mut self.samples);
+        let overall: Vec<bool> = (0..samples.len()).map(|i| i % every == every - 1).collect();
+        let mut counts = vec![(0usize, 0usize); self.classes.len()];
+        for (s, &held) in samples.iter().zip(&overall) {
+            let c = &mut counts[s.label];
+            if held { c.1 += 1 } else { c.0 += 1 }
+        }
+        let uneven = counts
+            .iter()
+            .enumerate()
+            .find(|&(_, &(kept, held))| (kept == 0 && held > 0) || (held == 0 && kept >= every));
+        let take = match uneven {
+            None => overall,
+            Some((c, _)) => {
+                tracing::info!(
+                    "holding out every {every}th image of each class: every {every}th image \
+                     overall takes all or none of class '{}' (the images come in a repeating \
+                     class order)",
+                    self.classes[c]
+                );
+                let mut seen = vec![0usize; self.classes.len()];
+                samples
+                    .iter()
+                    .map(|s| {
+                        seen[s.label] += 1;
+                        seen[s.label].is_multiple_of(every)
+                    })
+                    .collect()
+            }
+        };
         let (mut keep, mut held) = (Vec::new(), Vec::new());
-        for (i, s) in std::mem::take(&mut self.samples).into_iter().enumerate() {
-            if i % every == every - 1 {
+        for (s, held_out) in samples.into_iter().zip(take) {
+            if held_out {
                 held.push(s);
             } else {
                 keep.push(s);
@@ -131,5 +166,43 @@ impl Dataset<Sample> for ImageDataset {
 
     fn len(&self) -> usize {
         self.samples.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn labelled(labels: impl IntoIterator<Item = usize>) -> ImageDataset {
+        let img = Arc::new(DynamicImage::new_rgb8(1, 1));
+        ImageDataset {
+            samples: labels
+                .into_iter()
+                .map(|label| Sample {
+                    image: ImageRef::Memory(img.clone()),
+                    label,
+                })
+                .collect(),
+            classes: (0..5).map(|c| c.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn holding_out_keeps_every_class_on_both_sides_whatever_the_order() {
+        // Five classes in turn: every 5th image overall would be all of class 4 and none of the
+        // others; the split takes every 5th of each class instead.
+        let mut periodic = labelled((0..50).map(|i| i % 5));
+        let held = periodic.split_off_held_out(0.2);
+        assert_eq!(held.class_counts(), vec![2; 5]);
+        assert_eq!(periodic.class_counts(), vec![8; 5]);
+        // Sorted by class or in another order, every 5th image overall, as before.
+        let mut sorted = labelled((0..50).map(|i| i / 10));
+        let held = sorted.split_off_held_out(0.2);
+        assert_eq!(held.class_counts(), vec![2; 5]);
+        let mut shuffled = labelled([3, 1, 4, 1, 0, 2, 2, 3, 0, 4, 1, 0, 4, 3, 2]);
+        let order: Vec<usize> = shuffled.samples.iter().map(|s| s.label).collect();
+        let held = shuffled.split_off_held_out(0.2);
+        let labels: Vec<usize> = held.samples.iter().map(|s| s.label).collect();
+        assert_eq!(labels, [order[4], order[9], order[14]]);
     }
 }
