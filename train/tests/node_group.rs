@@ -81,7 +81,8 @@ fn node_child() {
         format!("127.0.0.1:{port}"),
         port + 1 + rank as u16,
     )
-    .with_timeout_secs(10.0);
+    // Generous for loaded CI machines, and still under the 60 s the kill test allows.
+    .with_timeout_secs(30.0);
     let shape = (f[5].parse().unwrap(), f[6].parse().unwrap());
     train(
         Path::new(f[7]),
