@@ -85,7 +85,8 @@ impl ImageDataset {
     /// Images that come in a repeating class order (0, 1, …, 9, 0, 1, …) would lose whole
     /// classes that way (every 10th is always a 9): when every k-th image overall leaves a class
     /// without training images, or one with k or more images without any held out, the split
-    /// takes every k-th image *of each class* instead.
+    /// takes every k-th image of the images *ordered by class* instead (the same number, spread
+    /// over the classes).
     pub fn split_off_held_out(&mut self, fraction: f64) -> ImageDataset {
         if fraction <= 0.0 || self.samples.is_empty() {
             return ImageDataset {
@@ -109,19 +110,18 @@ impl ImageDataset {
             None => overall,
             Some((c, _)) => {
                 tracing::info!(
-                    "holding out every {every}th image of each class: every {every}th image \
-                     overall takes all or none of class '{}' (the images come in a repeating \
+                    "holding out every {every}th image in class order: every {every}th image \
+                     as stored takes all or none of class '{}' (the images come in a repeating \
                      class order)",
                     self.classes[c]
                 );
-                let mut seen = vec![0usize; self.classes.len()];
-                samples
-                    .iter()
-                    .map(|s| {
-                        seen[s.label] += 1;
-                        seen[s.label].is_multiple_of(every)
-                    })
-                    .collect()
+                let mut by_class: Vec<usize> = (0..samples.len()).collect();
+                by_class.sort_by_key(|&i| samples[i].label);
+                let mut take = vec![false; samples.len()];
+                for (position, &i) in by_class.iter().enumerate() {
+                    take[i] = position % every == every - 1;
+                }
+                take
             }
         };
         let (mut keep, mut held) = (Vec::new(), Vec::new());
@@ -195,6 +195,11 @@ mod tests {
         let held = periodic.split_off_held_out(0.2);
         assert_eq!(held.class_counts(), vec![2; 5]);
         assert_eq!(periodic.class_counts(), vec![8; 5]);
+        // Classes smaller than k: still the same number held out, none taken whole.
+        let mut small = labelled((0..15).map(|i| i % 5));
+        let held = small.split_off_held_out(0.2);
+        assert_eq!(held.samples.len(), 3);
+        assert!(small.class_counts().iter().all(|&c| c >= 2));
         // Sorted by class or in another order, every 5th image overall, as before.
         let mut sorted = labelled((0..50).map(|i| i / 10));
         let held = sorted.split_off_held_out(0.2);
