@@ -227,13 +227,18 @@ mod sync {
                 group.host,
                 group.data_port
             );
-            sync.guarded(
+            // Refused at once (this process has joined a group before): an error to return.
+            // No answer: the watchdog ends the process.
+            sync.within_deadline(
                 "joining the group (waiting for every node to register)",
-                || {
-                    register::<B>(PeerId::from(PEER), device.clone(), config)
-                        .map_err(|e| format!("{e:?}"))
-                },
-            );
+                || register::<B>(PeerId::from(PEER), device.clone(), config),
+            )
+            .map_err(|e| {
+                format!(
+                    "cannot join the node group: {e:?} (a process joins one group, once: \
+                     train again in a new process)"
+                )
+            })?;
             sync.exchange_addresses::<B>(device);
             tracing::info!("node {}: all {} nodes joined", group.rank, group.nodes);
             Ok(sync)
@@ -353,11 +358,22 @@ mod sync {
         /// (the group cannot go on without this node's part).
         fn guarded<T>(&self, what: &'static str, call: impl FnOnce() -> Result<T, String>) -> T {
             let joined = self.joined.as_ref().expect("joined");
+            self.within_deadline(what, call)
+                .unwrap_or_else(|e| give_up(&format!("{what} failed: {e}. {}", status(joined))))
+        }
+
+        /// Runs `call` with the watchdog armed for it.
+        fn within_deadline<T, E>(
+            &self,
+            what: &'static str,
+            call: impl FnOnce() -> Result<T, E>,
+        ) -> Result<T, E> {
+            let joined = self.joined.as_ref().expect("joined");
             let timeout = Duration::from_secs_f64(joined.group.timeout_secs);
             *joined.deadline.lock().expect("lock") = Some((Instant::now() + timeout, what));
             let out = call();
             *joined.deadline.lock().expect("lock") = None;
-            out.unwrap_or_else(|e| give_up(&format!("{what} failed: {e}. {}", status(joined))))
+            out
         }
     }
 
