@@ -45,22 +45,14 @@ impl NodeArgs {
         else {
             return Ok(None);
         };
-        let port = orchestrator
-            .rsplit_once(':')
-            .and_then(|(_, p)| p.parse::<u16>().ok())
-            .unwrap_or(0);
-        let data_port = match self.data_port {
-            Some(p) => p,
-            None => u16::try_from(u32::from(port) + 1 + rank).map_err(|_| {
-                format!(
-                    "--orchestrator port {port} + 1 + rank {rank} is past 65535: give --data-port"
-                )
-            })?,
-        };
-        let group = NodeGroup::new(nodes, rank, orchestrator, data_port)
+        let mut group = NodeGroup::new(nodes, rank, orchestrator, 0)
             .with_host(self.node_host.clone())
             .with_timeout_secs(self.peer_timeout)
             .with_start_orchestrator(!self.external_orchestrator);
+        group.data_port = match self.data_port {
+            Some(p) => p,
+            None => group.default_data_port()?,
+        };
         group.validate()?;
         Ok(Some(group))
     }

@@ -56,7 +56,7 @@ impl NodeGroup {
                 self.nodes - 1
             ));
         }
-        self.orchestrator_port()?;
+        self.orchestrator_address()?;
         if self.data_port == 0 {
             return Err("the data service port must not be 0".into());
         }
@@ -74,18 +74,31 @@ impl NodeGroup {
         self.rank == 0
     }
 
-    fn orchestrator_port(&self) -> Result<u16, String> {
+    /// The orchestrator's host and port.
+    pub fn orchestrator_address(&self) -> Result<(&str, u16), String> {
         self.orchestrator
             .rsplit_once(':')
-            .and_then(|(host, port)| (!host.is_empty()).then_some(port))
-            .and_then(|port| port.parse::<u16>().ok())
-            .filter(|&p| p != 0)
+            .filter(|(host, _)| !host.is_empty())
+            .and_then(|(host, port)| Some((host, port.parse::<u16>().ok()?)))
+            .filter(|&(_, p)| p != 0)
             .ok_or_else(|| {
                 format!(
                     "--orchestrator '{}': expected HOST:PORT, e.g. 10.0.0.1:4710",
                     self.orchestrator
                 )
             })
+    }
+
+    /// The data service port a node takes unless told: the orchestrator's port + 1 + rank, so
+    /// that nodes on one machine do not collide.
+    pub fn default_data_port(&self) -> Result<u16, String> {
+        let (_, port) = self.orchestrator_address()?;
+        u16::try_from(u32::from(port) + 1 + self.rank).map_err(|_| {
+            format!(
+                "--orchestrator port {port} + 1 + rank {} is past 65535: give --data-port",
+                self.rank
+            )
+        })
     }
 }
 
@@ -168,8 +181,8 @@ mod sync {
         /// Every node's data service address, by rank (learned when joining).
         peers: Mutex<Vec<Option<SocketAddr>>>,
         /// When the call in progress must have returned; `None` between calls.
-        deadline: Arc<Mutex<Option<(Instant, &'static str)>>>,
-        checkpoints: Arc<Mutex<Option<PathBuf>>>,
+        deadline: Mutex<Option<(Instant, &'static str)>>,
+        checkpoints: Mutex<Option<PathBuf>>,
     }
 
     impl GradientSync {
@@ -186,7 +199,7 @@ mod sync {
         pub fn join<B: Backend>(group: &NodeGroup, device: &B::Device) -> Result<Self, String> {
             group.validate()?;
             let timeout = Duration::from_secs_f64(group.timeout_secs);
-            let port = group.orchestrator_port()?;
+            let (orchestrator_host, port) = group.orchestrator_address()?;
             if group.is_leader() && group.start_orchestrator {
                 free_port(port, "the orchestrator")?;
                 start_orchestrator(port)?;
@@ -199,7 +212,6 @@ mod sync {
                     .parse()
                     .expect("an address parses")
             };
-            let (orchestrator_host, _) = group.orchestrator.rsplit_once(':').expect("validated");
             let config = CollectiveConfig::default()
                 .with_num_devices(1)
                 .with_num_nodes(group.nodes)
@@ -212,8 +224,8 @@ mod sync {
             let joined = Arc::new(Joined {
                 group: group.clone(),
                 peers: Mutex::new(vec![None; group.nodes as usize]),
-                deadline: Arc::new(Mutex::new(None)),
-                checkpoints: Arc::new(Mutex::new(None)),
+                deadline: Mutex::new(None),
+                checkpoints: Mutex::new(None),
             });
             spawn_watchdog(&joined);
             let sync = Self {
@@ -522,6 +534,14 @@ mod tests {
     #[test]
     fn counts_ranks_addresses_and_timeouts_that_cannot_work_are_one_line_each() {
         assert!(group().validate().is_ok());
+        // Unless told, node r's data service listens on the orchestrator's port + 1 + r.
+        let rank1 = NodeGroup { rank: 1, ..group() };
+        assert_eq!(rank1.default_data_port(), Ok(4712));
+        let high = NodeGroup {
+            orchestrator: "h:65535".into(),
+            ..rank1
+        };
+        assert!(high.default_data_port().unwrap_err().contains("past 65535"));
         let err = |g: NodeGroup| g.validate().unwrap_err();
         assert!(
             err(NodeGroup { rank: 2, ..group() }).contains("--node-rank 2 does not fit --nodes 2")
