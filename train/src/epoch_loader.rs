@@ -56,26 +56,34 @@ pub enum Split {
     Valid,
 }
 
-/// Which part of each global batch a loader yields: `index` of `count` shards, one per device of
-/// every node (node `r`'s devices are shards `r * devices ..`).
+/// Which part of each global batch a loader yields: one shard per device of every node, node
+/// `rank`'s devices taking shards `rank * devices ..`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Shard {
-    index: usize,
-    count: usize,
-    /// Devices on this node.
+    rank: usize,
+    nodes: usize,
+    /// Devices on each node.
     devices: usize,
-    /// This node's first shard.
-    first: usize,
+    /// This loader's device on its node.
+    device: usize,
 }
 
 impl Shard {
     /// The whole batch (one device).
     const WHOLE: Self = Self {
-        index: 0,
-        count: 1,
+        rank: 0,
+        nodes: 1,
         devices: 1,
-        first: 0,
+        device: 0,
     };
+
+    fn index(&self) -> usize {
+        self.rank * self.devices + self.device
+    }
+
+    fn count(&self) -> usize {
+        self.nodes * self.devices
+    }
 }
 
 /// A [`DataLoader`] of [`ExitBatch`]es for Burn's Learner.
@@ -133,14 +141,7 @@ impl<B: Backend> EpochLoader<B> {
     /// [`DataLoader::slice`] once per device): `batch_size` becomes the per-device batch, so
     /// `batch_size * devices` items make one optimisation step, as `batch_size` do unsplit.
     pub fn for_devices(mut self, devices: usize) -> Self {
-        let nodes = self.shard.count / self.shard.devices;
-        let devices = devices.max(1);
-        self.shard = Shard {
-            index: self.shard.first / self.shard.devices * devices,
-            count: nodes * devices,
-            devices,
-            first: self.shard.first / self.shard.devices * devices,
-        };
+        self.shard.devices = devices.max(1);
         self
     }
 
@@ -148,20 +149,14 @@ impl<B: Backend> EpochLoader<B> {
     /// the devices of every node make one optimisation step, and this node's devices take their
     /// parts of it (so the nodes together see the batches one process would).
     pub fn for_node(mut self, rank: usize, nodes: usize) -> Self {
-        let devices = self.shard.devices;
-        let first = rank * devices;
-        self.shard = Shard {
-            index: first,
-            count: nodes.max(1) * devices,
-            devices,
-            first,
-        };
+        self.shard.rank = rank;
+        self.shard.nodes = nodes.max(1);
         self
     }
 
     /// Items of one optimisation step over all devices.
     fn global_batch(&self) -> usize {
-        self.batch_size * self.shard.count
+        self.batch_size * self.shard.count()
     }
 
     /// The positions (in `order`) of this shard's part of every global batch, with the share of
@@ -174,7 +169,7 @@ impl<B: Backend> EpochLoader<B> {
     /// which adds nothing to the gradient.
     fn parts(&self, total: usize) -> Vec<(usize, std::ops::Range<usize>, f32)> {
         let global = self.global_batch();
-        let (index, count) = (self.shard.index, self.shard.count);
+        let (index, count) = (self.shard.index(), self.shard.count());
         (0..total.div_ceil(global))
             .map(|g| {
                 let start = g * global;
@@ -238,7 +233,7 @@ impl<B: Backend> DataLoader<B, ExitBatch<B>> for EpochLoader<B> {
                     // sharded, the step must still be taken (the others sum with this one):
                     // with the first readable image of the epoch at share 0.
                     if batch.targets.dims()[0] == 0 {
-                        if loader.shard.count == 1 {
+                        if loader.shard.count() == 1 {
                             continue;
                         }
                         let Some(stand_in) = order.iter().find_map(|&i| {
@@ -299,7 +294,7 @@ impl<B: Backend> DataLoader<B, ExitBatch<B>> for EpochLoader<B> {
             };
             return Arc::new(Self {
                 shard: Shard {
-                    index: self.shard.first + local,
+                    device: local,
                     ..self.shard
                 },
                 epochs,

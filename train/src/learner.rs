@@ -181,7 +181,7 @@ where
         tracing::info!(
             "node {rank} of {nodes}: {per_device_batch} images per device and step, {} per step \
              over the group",
-            per_device_batch * devices.len() * nodes
+            config.batch_size
         );
         trainee.set_sync(sync);
     }
