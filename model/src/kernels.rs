@@ -3,9 +3,9 @@
 //! The model crate is generic over `B: Backend` and names no backend, yet on a CPU the ViT
 //! forward spends a third of its time outside matrix products: the copies that split `qkv`
 //! into heads and merge them back, the bias add, the GELU pass. A crate that *does* name a
-//! backend (here `dmpo-infer`, for Flex) can install faster, fused versions of four building
-//! blocks with [`install`]; [`linear`], [`qkv_attention`], [`matrix_sqrt`] and
-//! [`covariance_features`] use them
+//! backend (here `dmpo-infer`, for Flex) can install faster, fused versions of six building
+//! blocks with [`install`]; [`patchify`], [`linear`], [`qkv_attention`], [`matrix_sqrt`],
+//! [`covariance_features`] and [`bypass`] use them
 //! when the tensors' backend has them installed and the kernel accepts the input, and fall back
 //! to the plain Burn composition otherwise. So every backend gives the same results (to
 //! rounding) and any Burn app keeps working with no setup. An autodiff backend is a type of its
@@ -58,6 +58,29 @@ pub type NewtonSchulzKernel<B> = fn(&FloatPrimitive<B>, usize) -> Option<FloatPr
 /// and rescaled), and the upper triangle, `[B, d'(d'+1)/2]`. `None`: declined.
 pub type CovariancePoolKernel<B> = fn(&CovariancePool<B>) -> Option<FloatPrimitive<B>>;
 
+/// Images `[B, C, H, W]` cut into non-overlapping `patch × patch` patches, `[B, (H/P)·(W/P),
+/// C·P·P]`: patches in row-major order, each flattened in `(c, y, x)` order ([`patchify`]).
+/// `None`: declined.
+pub type PatchifyKernel<B> = fn(&FloatPrimitive<B>, usize) -> Option<FloatPrimitive<B>>;
+
+/// A bypass module whole ([`crate::dmpo::Bypass`]): `h + s · Up(GELU(Down(LN(h))))` for
+/// `tokens: [B, T, D]` → `[B, T, D]`. `None`: declined.
+pub type BypassKernel<B> = fn(&BypassInput<B>) -> Option<FloatPrimitive<B>>;
+
+/// What [`BypassKernel`] is given: the tokens and the module's parameters (weights in Burn's
+/// `[in, out]` layout).
+pub struct BypassInput<B: Backend> {
+    pub tokens: FloatPrimitive<B>,
+    pub norm_gamma: FloatPrimitive<B>,
+    pub norm_beta: Option<FloatPrimitive<B>>,
+    pub norm_eps: f64,
+    pub down_weight: FloatPrimitive<B>,
+    pub down_bias: Option<FloatPrimitive<B>>,
+    pub up_weight: FloatPrimitive<B>,
+    pub up_bias: Option<FloatPrimitive<B>>,
+    pub scale: f64,
+}
+
 /// What [`CovariancePoolKernel`] is given: the tokens and the head's parameters.
 pub struct CovariancePool<B: Backend> {
     pub tokens: FloatPrimitive<B>,
@@ -73,10 +96,12 @@ pub struct CovariancePool<B: Backend> {
 
 /// The fused kernels of one backend; a missing one is composed from Burn ops.
 pub struct Kernels<B: Backend> {
+    pub patchify: Option<PatchifyKernel<B>>,
     pub linear: Option<LinearKernel<B>>,
     pub qkv_attention: Option<QkvAttentionKernel<B>>,
     pub newton_schulz: Option<NewtonSchulzKernel<B>>,
     pub covariance_pool: Option<CovariancePoolKernel<B>>,
+    pub bypass: Option<BypassKernel<B>>,
 }
 
 impl<B: Backend> Clone for Kernels<B> {
@@ -114,6 +139,31 @@ pub fn installed<B: Backend>() -> Option<Kernels<B>> {
 
 fn float<B: Backend, const D: usize>(tensor: &Tensor<B, D>) -> FloatPrimitive<B> {
     tensor.clone().into_primitive().tensor()
+}
+
+/// Images `[B, C, H, W]` (H and W multiples of `patch`) → their patches `[B, (H/P)·(W/P),
+/// C·P·P]`, row-major, each in `(c, y, x)` order, as timm's stride-P convolution reads them. A
+/// backend's kernel when one is installed (a six-dimensional permute is a strided copy most
+/// backends do element by element: on Flex, two thirds of the demo model's embedding), Burn's
+/// reshape and permute otherwise.
+pub fn patchify<B: Backend>(images: Tensor<B, 4>, patch: usize) -> Tensor<B, 3> {
+    if let Some(kernel) = installed::<B>().and_then(|k| k.patchify)
+        && let Some(out) = kernel(&float(&images), patch)
+    {
+        return Tensor::from_primitive(TensorPrimitive::Float(out));
+    }
+    composed_patchify(images, patch)
+}
+
+/// [`patchify`] from Burn ops only.
+pub fn composed_patchify<B: Backend>(images: Tensor<B, 4>, patch: usize) -> Tensor<B, 3> {
+    let [b, c, h, w] = images.dims();
+    let p = patch;
+    let (gh, gw) = (h / p, w / p);
+    images
+        .reshape([b, c, gh, p, gw, p])
+        .permute([0, 2, 4, 1, 3, 5])
+        .reshape([b, gh * gw, c * p * p])
 }
 
 /// `act(linear(x))`, fused when the backend has a linear kernel.
@@ -175,6 +225,29 @@ pub fn covariance_features<B: Backend>(
         }
     }
     crate::dmpo::upper_triangle(head.pooled_covariance(tokens))
+}
+
+/// A bypass module's output `z` for the trunk's tokens `h` (`[B, T, D]` → `[B, T, D]`): the
+/// backend's fused kernel when one is installed and accepts the input (on Flex, inference
+/// only), otherwise the module's own composition, [`crate::dmpo::Bypass::composed_forward`].
+pub fn bypass<B: Backend>(module: &crate::dmpo::Bypass<B>, h: Tensor<B, 3>) -> Tensor<B, 3> {
+    if let Some(kernel) = installed::<B>().and_then(|k| k.bypass) {
+        let input = BypassInput {
+            tokens: float(&h),
+            norm_gamma: float(&module.norm.gamma.val()),
+            norm_beta: module.norm.beta.as_ref().map(|b| float(&b.val())),
+            norm_eps: crate::dmpo::Bypass::<B>::NORM_EPS,
+            down_weight: float(&module.down.weight.val()),
+            down_bias: module.down.bias.as_ref().map(|b| float(&b.val())),
+            up_weight: float(&module.up.weight.val()),
+            up_bias: module.up.bias.as_ref().map(|b| float(&b.val())),
+            scale: module.scale,
+        };
+        if let Some(out) = kernel(&input) {
+            return Tensor::from_primitive(TensorPrimitive::Float(out));
+        }
+    }
+    module.composed_forward(h)
 }
 
 /// Self-attention from the output of a fused `qkv` projection `[B, N, 3·D]` → `[B, N, D]`.
@@ -239,10 +312,12 @@ mod tests {
         assert!(installed::<B>().is_none());
 
         install::<B>(Kernels {
+            patchify: None,
             linear: Some(doubling_linear),
             qkv_attention: None,
             newton_schulz: None,
             covariance_pool: None,
+            bypass: None,
         });
         let fused = linear(&layer, x.clone(), Activation::None);
         fused
@@ -252,10 +327,12 @@ mod tests {
         assert!(installed::<burn::backend::Autodiff<B>>().is_none());
 
         install::<B>(Kernels {
+            patchify: None,
             linear: Some(declining_linear),
             qkv_attention: None,
             newton_schulz: None,
             covariance_pool: None,
+            bypass: None,
         });
         linear(&layer, x.clone(), Activation::None)
             .to_data()

@@ -75,6 +75,17 @@ impl<const N: usize> Backward<Flex, N> for FusedLinearBackward {
     }
 }
 
+/// [`super::patchify::patchify`] on `Autodiff<Flex>` for images that take no gradient (the
+/// input of a frozen patch embedding, always so here); `None` (composed, with Burn's backward)
+/// for tracked ones.
+pub fn patchify(images: &FloatTensor<AD>, patch: usize) -> Option<FloatTensor<AD>> {
+    if images.is_tracked() {
+        return None;
+    }
+    use burn::tensor::backend::AutodiffBackend;
+    super::patchify::patchify(&images.primitive, patch).map(AD::from_inner)
+}
+
 /// `act(x·W + b)` on `Autodiff<Flex>`; `None` where the Flex kernel declines.
 pub fn linear(
     x: &FloatTensor<AD>,

@@ -14,8 +14,9 @@ use burn_flex::{FlexTensor, Layout};
 use dmpo_model::kernels::CovariancePool;
 use rayon::prelude::*;
 
+use super::math::{best_simd, layer_norm_in_place};
 use super::newton_schulz::newton_schulz_one;
-use super::product::{Operand, product};
+use super::small_product::{Strided, small_product};
 
 /// `[B, T, D]` tokens → `[B, d'(d'+1)/2]` features; `None` (declined) for other dtypes or
 /// shapes.
@@ -48,7 +49,6 @@ pub fn covariance_pool(input: &CovariancePool<Flex>) -> Option<FlexTensor> {
     if t <= *prefix || dim == 0 || r == 0 || w_shape[0] != dim {
         return None;
     }
-    let n = t - prefix;
     let tokens = tokens.to_contiguous();
     let weight = reduce_weight.to_contiguous();
     let gamma = norm_gamma.to_contiguous();
@@ -68,77 +68,116 @@ pub fn covariance_pool(input: &CovariancePool<Flex>) -> Option<FlexTensor> {
     let (norm_eps, eps) = (*norm_eps as f32, *eps as f32);
     let tri = r * (r + 1) / 2;
     let mut out = vec![0.0f32; b * tri];
+    let head = Head {
+        prefix: *prefix,
+        dim,
+        r,
+        gamma,
+        beta,
+        norm_eps,
+        w,
+        iterations: *iterations,
+        eps,
+    };
     out.par_chunks_mut(tri)
         .zip(tokens.par_chunks(t * dim))
-        .for_each(|(features, image)| {
-            // LayerNorm of each patch token, as Burn's: (x − mean) / √(var + ε) · γ + β.
-            let mut normed = image[prefix * dim..].to_vec();
-            for row in normed.chunks_exact_mut(dim) {
-                let mean = row.iter().sum::<f32>() / dim as f32;
-                let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / dim as f32;
-                let inv = 1.0 / (var + norm_eps).sqrt();
-                for (i, v) in row.iter_mut().enumerate() {
-                    *v = (*v - mean) * inv * gamma[i] + beta.map_or(0.0, |b| b[i]);
-                }
-            }
-            // The reduction to d', then centred over the tokens.
-            let mut x = vec![0.0f32; n * r];
-            // SAFETY: normed is n × dim, w is dim × r, x is n × r, all row-major and owned here.
-            unsafe {
-                product(
-                    (n, r, dim),
-                    x.as_mut_ptr(),
-                    r,
-                    Operand::rows(&normed, dim),
-                    Operand::rows(w, r),
-                    1.0,
-                )
-            };
-            let mut mean = vec![0.0f32; r];
-            for row in x.chunks_exact(r) {
-                for (m, v) in mean.iter_mut().zip(row) {
-                    *m += v;
-                }
-            }
-            for m in &mut mean {
-                *m /= n as f32;
-            }
-            for row in x.chunks_exact_mut(r) {
-                for (v, m) in row.iter_mut().zip(&mean) {
-                    *v -= m;
-                }
-            }
-            // Σ = X̄ᵀX̄ / N, trace-normalised.
-            let mut sigma = vec![0.0f32; r * r];
-            // SAFETY: x is n × r (read transposed in place as r × n), sigma r × r, owned here.
-            unsafe {
-                product(
-                    (r, r, n),
-                    sigma.as_mut_ptr(),
-                    r,
-                    Operand::transposed(&x, r),
-                    Operand::rows(&x, r),
-                    1.0 / n as f32,
-                )
-            };
-            let trace = (0..r).map(|i| sigma[i * r + i]).sum::<f32>() + eps;
-            for v in &mut sigma {
-                *v /= trace;
-            }
-            let mut y = vec![0.0f32; r * r];
-            newton_schulz_one(r, &sigma, &mut y, *iterations);
-            let scale = trace.sqrt();
-            let mut k = 0;
-            for i in 0..r {
-                for j in i..r {
-                    features[k] = y[i * r + j] * scale;
-                    k += 1;
-                }
-            }
-        });
+        .for_each(|(features, image)| pool_one(&head, image, features));
     Some(FlexTensor::new(
         Bytes::from_elems(out),
         Layout::contiguous(burn::tensor::Shape::from([b, tri])),
         DType::F32,
     ))
+}
+
+/// One head's parameters, borrowed from the tensors for the length of the call.
+struct Head<'a> {
+    prefix: usize,
+    dim: usize,
+    /// d', the reduced width.
+    r: usize,
+    gamma: &'a [f32],
+    beta: Option<&'a [f32]>,
+    norm_eps: f32,
+    /// `[dim, r]`, row-major.
+    w: &'a [f32],
+    iterations: usize,
+    eps: f32,
+}
+
+/// One image's tokens `[T, dim]` → its `d'(d'+1)/2` features, vectorised for the CPU it runs on.
+fn pool_one(head: &Head<'_>, image: &[f32], features: &mut [f32]) {
+    best_simd!((head: &Head<'_>, image: &[f32], features: &mut [f32]) {
+        pool_one_body(head, image, features)
+    })
+}
+
+#[inline(always)]
+fn pool_one_body(head: &Head<'_>, image: &[f32], features: &mut [f32]) {
+    let Head {
+        prefix,
+        dim,
+        r,
+        gamma,
+        beta,
+        norm_eps,
+        w,
+        iterations,
+        eps,
+    } = *head;
+    // LayerNorm of each patch token, as Burn's: (x − mean) / √(var + ε) · γ + β.
+    let mut normed = image[prefix * dim..].to_vec();
+    let n = normed.len() / dim;
+    for row in normed.chunks_exact_mut(dim) {
+        layer_norm_in_place(row, gamma, beta, norm_eps);
+    }
+    // The reduction to d', then centred over the tokens.
+    let mut x = vec![0.0f32; n * r];
+    small_product(
+        (n, r, dim),
+        Strided::rows(&normed, dim),
+        w,
+        r,
+        &mut x,
+        r,
+        1.0,
+    );
+    let mut mean = vec![0.0f32; r];
+    for row in x.chunks_exact(r) {
+        for (m, v) in mean.iter_mut().zip(row) {
+            *m += v;
+        }
+    }
+    for m in &mut mean {
+        *m /= n as f32;
+    }
+    for row in x.chunks_exact_mut(r) {
+        for (v, m) in row.iter_mut().zip(&mean) {
+            *v -= m;
+        }
+    }
+    // Σ = X̄ᵀX̄ / N, trace-normalised.
+    let mut sigma = vec![0.0f32; r * r];
+    small_product(
+        (r, r, n),
+        Strided::transposed(&x, r),
+        &x,
+        r,
+        &mut sigma,
+        r,
+        1.0 / n as f32,
+    );
+    let trace = (0..r).map(|i| sigma[i * r + i]).sum::<f32>() + eps;
+    for v in &mut sigma {
+        *v /= trace;
+    }
+    let mut y = vec![0.0f32; r * r];
+    newton_schulz_one(r, &sigma, &mut y, iterations);
+    let scale = trace.sqrt();
+    let mut k = 0;
+    for i in 0..r {
+        for j in i..r {
+            features[k] = y[i * r + j] * scale;
+            k += 1;
+        }
+    }
 }

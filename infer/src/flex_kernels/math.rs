@@ -108,6 +108,7 @@ macro_rules! best_simd {
         $body
     }};
 }
+pub(super) use best_simd;
 
 /// Applies `f` to every element, vectorised for the CPU it runs on (`best_simd!`).
 #[inline(always)]
@@ -155,17 +156,58 @@ fn softmax_body(row: &mut [f32]) {
     for v in row.iter_mut() {
         *v = exp_nonpositive(*v - max);
     }
+    let inv = 1.0 / lane_sum(row);
+    for v in row.iter_mut() {
+        *v *= inv;
+    }
+}
+
+/// The sum of `values` in eight interleaved partial sums, added up at the end: a single
+/// accumulator is a serial chain of dependent adds the compiler may not reorder for floats;
+/// eight vectorise. The order is fixed, so every build gives the same bits.
+#[inline(always)]
+pub fn lane_sum(values: &[f32]) -> f32 {
     let mut sum = [0.0f32; 8];
-    let mut chunks = row.chunks_exact(8);
+    let mut chunks = values.chunks_exact(8);
     for c in &mut chunks {
         for i in 0..8 {
             sum[i] += c[i];
         }
     }
-    let sum: f32 = sum.iter().sum::<f32>() + chunks.remainder().iter().sum::<f32>();
-    let inv = 1.0 / sum;
-    for v in row.iter_mut() {
-        *v *= inv;
+    sum.iter().sum::<f32>() + chunks.remainder().iter().sum::<f32>()
+}
+
+/// LayerNorm of one row in place, as Burn's: `(x − mean) / √(var + ε) · γ + β`, the mean and
+/// the variance summed as [`lane_sum`] does.
+#[inline(always)]
+pub fn layer_norm_in_place(row: &mut [f32], gamma: &[f32], beta: Option<&[f32]>, eps: f32) {
+    let dim = row.len() as f32;
+    let mean = lane_sum(row) / dim;
+    let mut centred = [0.0f32; 8];
+    let mut chunks = row.chunks_exact(8);
+    for c in &mut chunks {
+        for i in 0..8 {
+            centred[i] += (c[i] - mean) * (c[i] - mean);
+        }
+    }
+    let tail: f32 = chunks
+        .remainder()
+        .iter()
+        .map(|v| (v - mean) * (v - mean))
+        .sum();
+    let var = (centred.iter().sum::<f32>() + tail) / dim;
+    let inv = 1.0 / (var + eps).sqrt();
+    match beta {
+        Some(beta) => {
+            for ((v, g), b) in row.iter_mut().zip(gamma).zip(beta) {
+                *v = (*v - mean) * inv * g + b;
+            }
+        }
+        None => {
+            for (v, g) in row.iter_mut().zip(gamma) {
+                *v = (*v - mean) * inv * g + 0.0;
+            }
+        }
     }
 }
 

@@ -10,11 +10,14 @@
 
 mod attention;
 mod autodiff;
+mod bypass;
 mod covariance_pool;
 mod linear;
 pub mod math;
 mod newton_schulz;
+mod patchify;
 mod product;
+mod small_product;
 
 use burn::backend::Flex;
 use dmpo_model::kernels::{self, Kernels};
@@ -45,22 +48,29 @@ pub fn install() {
             );
         }
         kernels::install::<Flex>(Kernels {
+            // This and the heads' kernels with the full set only: the per-kernel choices compare
+            // the trunk's two.
+            patchify: (linear && attention)
+                .then_some(patchify::patchify as kernels::PatchifyKernel<Flex>),
             linear: linear.then_some(linear::linear as kernels::LinearKernel<Flex>),
             qkv_attention: attention
                 .then_some(attention::qkv_attention as kernels::QkvAttentionKernel<Flex>),
-            // With the full set only: the per-kernel choices compare the trunk's two.
             newton_schulz: (linear && attention)
                 .then_some(newton_schulz::fused_newton_schulz as kernels::NewtonSchulzKernel<Flex>),
             covariance_pool: (linear && attention)
                 .then_some(covariance_pool::covariance_pool as kernels::CovariancePoolKernel<Flex>),
+            bypass: (linear && attention).then_some(bypass::bypass as kernels::BypassKernel<Flex>),
         });
         type AD = burn_autodiff::Autodiff<Flex>;
         kernels::install::<AD>(Kernels {
+            patchify: (linear && attention)
+                .then_some(autodiff::patchify as kernels::PatchifyKernel<AD>),
             linear: linear.then_some(autodiff::linear as kernels::LinearKernel<AD>),
             qkv_attention: attention
                 .then_some(autodiff::qkv_attention as kernels::QkvAttentionKernel<AD>),
             newton_schulz: None,
             covariance_pool: None,
+            bypass: None,
         });
     });
 }
@@ -211,6 +221,91 @@ mod tests {
                 diff <= 1e-5 * scale.max(1.0),
                 "{b}x{t}x{dim} → {r}: {diff} (scale {scale})"
             );
+        }
+    }
+
+    #[test]
+    fn fused_patchify_is_the_composed_reshape_and_permute_bit_for_bit() {
+        for (b, c, h, w, p) in [(2, 3, 28, 28, 4), (1, 1, 8, 12, 4), (3, 3, 32, 32, 16)] {
+            let images = random([b, c, h, w]);
+            let fused = patchify::patchify(&images.clone().into_primitive().tensor(), p)
+                .expect("f32 accepted");
+            let fused: Tensor<B, 3> =
+                Tensor::from_primitive(burn::tensor::TensorPrimitive::Float(fused));
+            let composed = kernels::composed_patchify(images, p);
+            fused.to_data().assert_eq(&composed.to_data(), true);
+        }
+        // Sides that are not multiples of the patch: declined, composed instead.
+        let odd = random([1, 3, 10, 8]).into_primitive().tensor();
+        assert!(patchify::patchify(&odd, 4).is_none());
+    }
+
+    /// Under autodiff, untracked images (a frozen patch embedding's input) take the kernel and
+    /// tracked ones the composition, whose gradient Burn derives.
+    #[test]
+    fn autodiff_patchify_takes_untracked_images_only() {
+        type AD = burn_autodiff::Autodiff<B>;
+        let images = Tensor::<AD, 4>::from_inner(random([2, 3, 8, 8]));
+        let out = autodiff::patchify(&images.clone().into_primitive().tensor(), 4)
+            .expect("untracked images are taken");
+        let out: Tensor<AD, 3> = Tensor::from_primitive(burn::tensor::TensorPrimitive::Float(out));
+        out.inner().to_data().assert_eq(
+            &kernels::composed_patchify(images.inner(), 4).to_data(),
+            true,
+        );
+        let tracked = Tensor::<AD, 4>::from_inner(random([2, 3, 8, 8])).require_grad();
+        assert!(autodiff::patchify(&tracked.into_primitive().tensor(), 4).is_none());
+    }
+
+    #[test]
+    fn fused_bypass_equals_the_modules_composition() {
+        use burn::module::Param;
+        use dmpo_model::dmpo::Bypass;
+        let device = Default::default();
+        // The demo's size (a bottleneck of 8 and a row count that is no multiple of a task's
+        // 32 rows), a wide one, scale 1 (skipped) and not.
+        for (b, t, dim, r, scale) in [
+            (4, 50, 96, 8, 1.0),
+            (2, 9, 40, 24, 0.5),
+            (1, 197, 64, 5, 2.0),
+        ] {
+            let mut module = Bypass::<B>::new(dim, r, scale, &device);
+            module.norm.gamma = Param::from_tensor(random([dim]) * 0.5 + 1.0);
+            module.norm.beta = Some(Param::from_tensor(random([dim]) * 0.1));
+            module.up.weight = Param::from_tensor(random([r, dim]) * 0.2);
+            module.up.bias = Some(Param::from_tensor(random([dim]) * 0.1));
+            let h = random([b, t, dim]) * 2.0 + 0.5;
+            let composed = module.composed_forward(h.clone());
+            let prim = |t: Tensor<B, 2>| t.into_primitive().tensor();
+            let input = dmpo_model::kernels::BypassInput {
+                tokens: h.into_primitive().tensor(),
+                norm_gamma: module.norm.gamma.val().into_primitive().tensor(),
+                norm_beta: module
+                    .norm
+                    .beta
+                    .as_ref()
+                    .map(|b| b.val().into_primitive().tensor()),
+                norm_eps: Bypass::<B>::NORM_EPS,
+                down_weight: prim(module.down.weight.val()),
+                down_bias: module
+                    .down
+                    .bias
+                    .as_ref()
+                    .map(|b| b.val().into_primitive().tensor()),
+                up_weight: prim(module.up.weight.val()),
+                up_bias: module
+                    .up
+                    .bias
+                    .as_ref()
+                    .map(|b| b.val().into_primitive().tensor()),
+                scale,
+            };
+            let fused: Tensor<B, 3> = Tensor::from_primitive(burn::tensor::TensorPrimitive::Float(
+                bypass::bypass(&input).expect("f32 accepted"),
+            ));
+            assert_eq!(fused.dims(), [b, t, dim]);
+            let diff = max_abs_diff(fused, composed);
+            assert!(diff <= 2e-5, "{b}x{t}x{dim} → {r}: {diff}");
         }
     }
 

@@ -10,35 +10,31 @@ use burn::tensor::{Bytes, DType};
 use burn_flex::{FlexTensor, Layout};
 use rayon::prelude::*;
 
-use super::product::Operand;
+use super::math::best_simd;
+use super::small_product::{Strided, small_product};
 
 /// `dst = lhs · rhs` for `d × d` row-major matrices, on this thread.
+#[inline(always)]
 fn product(d: usize, dst: &mut [f32], lhs: &[f32], rhs: &[f32]) {
-    assert!(dst.len() == d * d && lhs.len() == d * d && rhs.len() == d * d);
-    // SAFETY: the three slices hold d·d row-major elements each (checked) and `dst` is borrowed
-    // mutably, so nothing else writes it.
-    unsafe {
-        super::product::product(
-            (d, d, d),
-            dst.as_mut_ptr(),
-            d,
-            Operand::rows(lhs, d),
-            Operand::rows(rhs, d),
-            1.0,
-        )
-    }
+    small_product((d, d, d), Strided::rows(lhs, d), rhs, d, dst, d, 1.0);
 }
 
 /// `m ← ½(3I − m)` for a `d × d` row-major matrix.
+#[inline(always)]
 fn half_three_eye_minus(d: usize, m: &mut [f32]) {
-    for (i, v) in m.iter_mut().enumerate() {
-        let eye = if i % (d + 1) == 0 { 3.0 } else { 0.0 };
-        *v = (eye - *v) * 0.5;
+    // By rows, so the diagonal test is a compare, not a division per element.
+    for (i, row) in m.chunks_exact_mut(d).enumerate() {
+        for (j, v) in row.iter_mut().enumerate() {
+            let eye = if i == j { 3.0 } else { 0.0 };
+            *v = (eye - *v) * 0.5;
+        }
     }
 }
 
 /// `y ← √a` for one `d × d` row-major matrix by `iterations` (≥ 1) Newton–Schulz steps, on this
-/// thread: the iterations of the reference `dmpo_model::dmpo::newton_schulz_sqrt`.
+/// thread: the iterations of the reference `dmpo_model::dmpo::newton_schulz_sqrt`. Inlined into
+/// its callers' vectorised bodies.
+#[inline(always)]
 pub(super) fn newton_schulz_one(d: usize, a: &[f32], y: &mut [f32], iterations: usize) {
     let mut p = a.to_vec();
     half_three_eye_minus(d, &mut p);
@@ -57,6 +53,13 @@ pub(super) fn newton_schulz_one(d: usize, a: &[f32], y: &mut [f32], iterations: 
     }
 }
 
+/// [`newton_schulz_one`], vectorised for the CPU it runs on.
+fn sqrt_one(d: usize, a: &[f32], y: &mut [f32], iterations: usize) {
+    best_simd!((d: usize, a: &[f32], y: &mut [f32], iterations: usize) {
+        newton_schulz_one(d, a, y, iterations)
+    })
+}
+
 /// The same iterations as the reference `dmpo_model::dmpo::newton_schulz_sqrt`, one image at a
 /// time on Flex's buffers: `a: [B, d, d]` → `[B, d, d]`. `None` (declined) for other dtypes or
 /// shapes.
@@ -72,7 +75,7 @@ pub fn fused_newton_schulz(a: &FlexTensor, iterations: usize) -> Option<FlexTens
     if d > 0 {
         out.par_chunks_mut(d * d)
             .zip(values.par_chunks(d * d))
-            .for_each(|(y, a)| newton_schulz_one(d, a, y, iterations));
+            .for_each(|(y, a)| sqrt_one(d, a, y, iterations));
     }
     Some(FlexTensor::new(
         Bytes::from_elems(out),

@@ -17,9 +17,14 @@ pub struct Bypass<B: Backend> {
 }
 
 impl<B: Backend> Bypass<B> {
+    /// The LayerNorm's ε (a config value, not a parameter: a loaded module has it from `new`).
+    pub const NORM_EPS: f64 = 1e-6;
+
     pub fn new(dim: usize, bottleneck: usize, scale: f64, device: &B::Device) -> Self {
         Self {
-            norm: LayerNormConfig::new(dim).with_epsilon(1e-6).init(device),
+            norm: LayerNormConfig::new(dim)
+                .with_epsilon(Self::NORM_EPS)
+                .init(device),
             down: LinearConfig::new(dim, bottleneck).init(device),
             up: LinearConfig::new(bottleneck, dim)
                 .with_initializer(burn::nn::Initializer::Zeros)
@@ -35,7 +40,14 @@ impl<B: Backend> Bypass<B> {
         2 * tokens * (d * r) as u64
     }
 
+    /// `h`'s bypass output, fused where the backend has a kernel for it ([`kernels::bypass`]).
     pub fn forward(&self, h: Tensor<B, 3>) -> Tensor<B, 3> {
+        kernels::bypass(self, h)
+    }
+
+    /// [`Self::forward`] from Burn ops (and the fused linear layers): the reference, and what
+    /// runs under autodiff.
+    pub fn composed_forward(&self, h: Tensor<B, 3>) -> Tensor<B, 3> {
         let hidden = kernels::linear(&self.down, self.norm.forward(h.clone()), Activation::Gelu);
         h + super::scaled(
             kernels::linear(&self.up, hidden, Activation::None),

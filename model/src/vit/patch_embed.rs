@@ -35,13 +35,7 @@ impl<B: Backend> PatchEmbed<B> {
     /// `images`: `[B, C, H, W]` with H and W multiples of P → `[B, (H/P)·(W/P), D]`,
     /// patches in row-major order, as timm flattens them.
     pub fn forward(&self, images: Tensor<B, 4>) -> Tensor<B, 3> {
-        let [b, c, h, w] = images.dims();
-        let p = self.patch_size;
-        let (gh, gw) = (h / p, w / p);
-        let patches = images
-            .reshape([b, c, gh, p, gw, p])
-            .permute([0, 2, 4, 1, 3, 5])
-            .reshape([b, gh * gw, c * p * p]);
+        let patches = kernels::patchify(images, self.patch_size);
         kernels::linear(&self.proj, patches, Activation::None)
     }
 }

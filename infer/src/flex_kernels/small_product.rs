@@ -1,0 +1,271 @@
+//! Products of the small matrices a covariance head makes for each image (tokens × D by D × d',
+//! d' × d' for the covariance and every Newton–Schulz step), kept in registers.
+//!
+//! The gemm crate packs both operands and dispatches per call; at d' = 32 that overhead was
+//! most of a head's time (1.5 ms of the demo's 7.5 ms block at batch 64, though a head has an
+//! eighth of a block's MACs). Here each 4 × 16 block of the result is summed in registers over
+//! the whole inner dimension, one fused multiply-add at a time in order, so every build
+//! (AVX-512, AVX2 + FMA, baseline, where `mul_add` is libm's exact `fmaf`) gives the same bits.
+//! Callers compile it into their vectorised body (`best_simd!`): it is `inline(always)` and
+//! only plain arithmetic.
+
+/// Rows of the result summed together: four rows × 16 columns are 8 AVX2 registers.
+const ROWS: usize = 4;
+/// Columns summed together.
+const COLS: usize = 16;
+
+/// A matrix read in place at `values[i·row + l·col]`: rows of a buffer, or its transpose.
+#[derive(Clone, Copy)]
+pub(super) struct Strided<'a> {
+    pub values: &'a [f32],
+    pub row: usize,
+    pub col: usize,
+}
+
+impl<'a> Strided<'a> {
+    /// Row-major, rows `row` apart.
+    pub fn rows(values: &'a [f32], row: usize) -> Self {
+        Self {
+            values,
+            row,
+            col: 1,
+        }
+    }
+
+    /// The transpose of a row-major matrix whose rows are `row` apart.
+    pub fn transposed(values: &'a [f32], row: usize) -> Self {
+        Self {
+            values,
+            row: 1,
+            col: row,
+        }
+    }
+
+    /// Element (i, l).
+    ///
+    /// # Safety
+    /// `i·row + l·col < values.len()` ([`small_product`] checks it for its whole range once).
+    #[inline(always)]
+    unsafe fn at(&self, i: usize, l: usize) -> f32 {
+        // SAFETY: as the caller promised.
+        unsafe { *self.values.get_unchecked(i * self.row + l * self.col) }
+    }
+}
+
+/// `c = scale · a·b` for `a: m × k` (read through its strides), `b: k × n` row-major (rows
+/// `b_row` apart) and `c: m × n` row-major (rows `c_row` apart). Each element is
+/// `scale · fma(a₂, b₂, fma(a₁, b₁, fma(a₀, b₀, 0)))…`, in that order, whatever the CPU.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+pub(super) fn small_product(
+    (m, n, k): (usize, usize, usize),
+    a: Strided<'_>,
+    b: &[f32],
+    b_row: usize,
+    c: &mut [f32],
+    c_row: usize,
+    scale: f32,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    assert!(
+        k == 0 || (m - 1) * a.row + (k - 1) * a.col < a.values.len(),
+        "lhs out of bounds"
+    );
+    assert!(
+        k == 0 || (k - 1) * b_row + n <= b.len(),
+        "rhs out of bounds"
+    );
+    assert!((m - 1) * c_row + n <= c.len(), "output out of bounds");
+    let mut i = 0;
+    if n < COLS {
+        // Narrow (a bottleneck of 8): twice the rows, so as many sums are in flight.
+        while i + 2 * ROWS <= m {
+            rows_block::<{ 2 * ROWS }>(i, (n, k), a, b, b_row, c, c_row, scale);
+            i += 2 * ROWS;
+        }
+    }
+    while i + ROWS <= m {
+        rows_block::<ROWS>(i, (n, k), a, b, b_row, c, c_row, scale);
+        i += ROWS;
+    }
+    while i < m {
+        rows_block::<1>(i, (n, k), a, b, b_row, c, c_row, scale);
+        i += 1;
+    }
+}
+
+/// Rows `i..i + R` of the result, 16 columns at a time, then 8, then one by one.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn rows_block<const R: usize>(
+    i: usize,
+    (n, k): (usize, usize),
+    a: Strided<'_>,
+    b: &[f32],
+    b_row: usize,
+    c: &mut [f32],
+    c_row: usize,
+    scale: f32,
+) {
+    let mut j = 0;
+    while j + COLS <= n {
+        tile::<R, COLS>(i, j, k, a, b, b_row, c, c_row, scale);
+        j += COLS;
+    }
+    if j + 8 <= n {
+        tile::<R, 8>(i, j, k, a, b, b_row, c, c_row, scale);
+        j += 8;
+    }
+    while j < n {
+        tile::<R, 1>(i, j, k, a, b, b_row, c, c_row, scale);
+        j += 1;
+    }
+}
+
+/// The `R × W` tile at (i, j), summed in a register-sized accumulator.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn tile<const R: usize, const W: usize>(
+    i: usize,
+    j: usize,
+    k: usize,
+    a: Strided<'_>,
+    b: &[f32],
+    b_row: usize,
+    c: &mut [f32],
+    c_row: usize,
+    scale: f32,
+) {
+    let mut acc = [[0.0f32; W]; R];
+    for l in 0..k {
+        // SAFETY: l < k and j + W ≤ n, so this lies inside b ([`small_product`] checked
+        // (k − 1)·b_row + n ≤ b.len()).
+        let bl = unsafe { &*(b.as_ptr().add(l * b_row + j) as *const [f32; W]) };
+        for (r, row) in acc.iter_mut().enumerate() {
+            // SAFETY: i + r < m and l < k, inside a's checked range.
+            let av = unsafe { a.at(i + r, l) };
+            for (s, &bv) in row.iter_mut().zip(bl) {
+                *s = av.mul_add(bv, *s);
+            }
+        }
+    }
+    for (r, row) in acc.iter().enumerate() {
+        let out = &mut c[(i + r) * c_row + j..][..W];
+        for (o, &s) in out.iter_mut().zip(row) {
+            *o = s * scale;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reference(
+        (m, n, k): (usize, usize, usize),
+        a: Strided<'_>,
+        b: &[f32],
+        b_row: usize,
+        scale: f32,
+    ) -> Vec<f32> {
+        let mut c = vec![0.0f32; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                let mut s = 0.0f32;
+                for l in 0..k {
+                    // SAFETY: inside the test's own buffers.
+                    s = unsafe { a.at(i, l) }.mul_add(b[l * b_row + j], s);
+                }
+                c[i * n + j] = s * scale;
+            }
+        }
+        c
+    }
+
+    fn values(len: usize, seed: usize) -> Vec<f32> {
+        (0..len)
+            .map(|i| (((i * 7919 + seed * 104_729) % 2003) as f32 / 1001.0) - 1.0)
+            .collect()
+    }
+
+    /// Every tile shape (8, 4 and 1 rows; 16, 8 and 1 columns), plain and transposed lhs, the
+    /// same bits as the in-order scalar sum of fused multiply-adds.
+    #[test]
+    fn matches_the_in_order_sum_bit_for_bit() {
+        for (m, n, k) in [
+            (1, 1, 1),
+            (5, 3, 7),
+            (32, 32, 32),
+            (49, 32, 96),
+            (9, 25, 17),
+            (3, 40, 0),
+            (37, 8, 96),
+        ] {
+            let a = values(m * k.max(1), 1);
+            let b = values(k.max(1) * n, 2);
+            for transposed in [false, true] {
+                let lhs = if transposed {
+                    Strided::transposed(&a, m)
+                } else {
+                    Strided::rows(&a, k)
+                };
+                let mut c = vec![f32::NAN; m * n];
+                small_product((m, n, k), lhs, &b, n, &mut c, n, 0.5);
+                assert_eq!(
+                    c,
+                    reference((m, n, k), lhs, &b, n, 0.5),
+                    "{m}×{n}×{k} {transposed}"
+                );
+            }
+        }
+    }
+
+    /// The product compiled for the CPU's best instructions, as the kernels call it.
+    fn best(dims: (usize, usize, usize), a: Strided<'_>, b: &[f32], n: usize) -> Vec<f32> {
+        let mut c = vec![f32::NAN; dims.0 * dims.1];
+        fn run(dims: (usize, usize, usize), a: Strided<'_>, b: &[f32], n: usize, c: &mut [f32]) {
+            crate::flex_kernels::math::best_simd!((dims: (usize, usize, usize), a: Strided<'_>, b: &[f32], n: usize, c: &mut [f32]) {
+                small_product(dims, a, b, n, c, n, 0.25)
+            })
+        }
+        run(dims, a, b, n, &mut c);
+        c
+    }
+
+    /// The vectorised build (AVX-512 or AVX2 + FMA where the CPU has them) gives the bits of
+    /// the scalar in-order sum: a model answers the same on any x86-64.
+    #[test]
+    fn the_vectorised_build_gives_the_same_bits() {
+        for (m, n, k) in [
+            (32, 32, 32),
+            (49, 32, 96),
+            (50, 8, 96),
+            (50, 96, 8),
+            (7, 21, 13),
+        ] {
+            let a = values(m * k, 5);
+            let b = values(k * n, 6);
+            let lhs = Strided::rows(&a, k);
+            assert_eq!(
+                best((m, n, k), lhs, &b, n),
+                reference((m, n, k), lhs, &b, n, 0.25)
+            );
+        }
+    }
+
+    #[test]
+    fn writes_inside_a_larger_buffer_only_where_asked() {
+        let (m, n, k) = (6, 20, 5);
+        let a = values(m * k, 3);
+        let b = values(k * 24, 4);
+        let mut c = vec![7.0f32; m * 24];
+        small_product((m, n, k), Strided::rows(&a, k), &b, 24, &mut c, 24, 1.0);
+        let want = reference((m, n, k), Strided::rows(&a, k), &b, 24, 1.0);
+        for i in 0..m {
+            assert_eq!(&c[i * 24..i * 24 + n], &want[i * n..(i + 1) * n]);
+            assert!(c[i * 24 + n..(i + 1) * 24].iter().all(|&v| v == 7.0));
+        }
+    }
+}
