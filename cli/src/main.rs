@@ -78,6 +78,25 @@ fn run(cli: Cli) -> Result<(), Error> {
     backend::check_device()?;
     tracing::info!("backend {}: {}", backend::NAME, backend::describe_device());
     match cli.task {
+        // A server's threads wait on requests: they must not hold a compute thread.
+        Task::Serve(a) => serve_tasks::serve(a),
+        Task::ServeBench(a) => serve_tasks::serve_bench(a),
+        task => on_compute_thread(|| compute(task).map_err(|e| e.to_string())).map_err(Error::from),
+    }
+}
+
+/// On Flex, the task runs on one of the backend's own threads, which then does the serial work
+/// between parallel ops itself ([`dmpo_infer::on_compute_thread`]); elsewhere in place.
+fn on_compute_thread<R: Send>(task: impl FnOnce() -> R + Send) -> R {
+    #[cfg(feature = "flex")]
+    return dmpo_infer::on_compute_thread(task);
+    #[cfg(not(feature = "flex"))]
+    task()
+}
+
+/// Every task but the server's.
+fn compute(task: Task) -> Result<(), Error> {
+    match task {
         Task::Train(a) => train_tasks::train(a),
         Task::Compare(a) => train_tasks::compare(a),
         Task::Pretrain(a) => pretrain_task::pretrain(a),
@@ -92,10 +111,9 @@ fn run(cli: Cli) -> Result<(), Error> {
         Task::Import(a) => Ok(import_tasks::import(a)?),
         Task::Forward(a) => Ok(import_tasks::forward(a)?),
         Task::BenchVit(a) => Ok(import_tasks::bench_vit(a)?),
-        Task::Serve(a) => serve_tasks::serve(a),
-        Task::ServeBench(a) => serve_tasks::serve_bench(a),
         #[cfg(feature = "flex")]
         Task::Roofline(a) => tools::roofline(a),
+        Task::Serve(_) | Task::ServeBench(_) => unreachable!("served by `run`"),
     }
 }
 

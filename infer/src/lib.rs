@@ -15,6 +15,8 @@
 mod batches;
 mod bench;
 mod calibrate;
+#[cfg(feature = "flex")]
+mod cpu_threads;
 pub mod data;
 mod engine;
 mod error;
@@ -41,6 +43,8 @@ pub use bench::{BenchConfig, PolicyTiming, bench_early_exit, median, percentile}
 pub use calibrate::{
     Budget, ExitScores, Simulated, calibrate, calibrate_geometric, collect_scores, simulate,
 };
+#[cfg(feature = "flex")]
+pub use cpu_threads::on_compute_thread;
 pub use engine::{Prediction, run_early_exit, run_early_exit_each};
 pub use error::{InferError, Result};
 pub use evaluate::{CurvePoint, EvalReport, evaluate, write_report};
