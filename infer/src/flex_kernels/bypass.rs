@@ -12,7 +12,7 @@ use burn_flex::{FlexTensor, Layout};
 use dmpo_model::kernels::BypassInput;
 use rayon::prelude::*;
 
-use super::math::{best_simd, gelu, layer_norm_in_place};
+use super::math::{LayerNormParams, best_simd, gelu, layer_norm_in_place};
 use super::small_product::{Strided, small_product};
 
 /// Tokens per task: enough to amortise a task, few enough that a batch-1 ViT-S image
@@ -65,17 +65,19 @@ pub fn bypass(input: &BypassInput<burn::backend::Flex>) -> Option<FlexTensor> {
     let branch = Branch {
         dim,
         r,
-        gamma: gamma.as_slice::<f32>()?,
-        beta: slice(&beta)?,
-        norm_eps: *norm_eps as f32,
+        norm: LayerNormParams {
+            gamma: gamma.as_slice::<f32>()?,
+            beta: slice(&beta)?,
+            eps: *norm_eps as f32,
+        },
         down: down.as_slice::<f32>()?,
         down_bias: slice(&down_bias)?,
         up: up.as_slice::<f32>()?,
         up_bias: slice(&up_bias)?,
         scale: *scale as f32,
     };
-    let lengths_fit = branch.gamma.len() == dim
-        && branch.beta.is_none_or(|b| b.len() == dim)
+    let lengths_fit = branch.norm.gamma.len() == dim
+        && branch.norm.beta.is_none_or(|b| b.len() == dim)
         && branch.down_bias.is_none_or(|b| b.len() == r)
         && branch.up_bias.is_none_or(|b| b.len() == dim);
     if !lengths_fit {
@@ -105,9 +107,7 @@ struct Branch<'a> {
     dim: usize,
     /// The bottleneck's width.
     r: usize,
-    gamma: &'a [f32],
-    beta: Option<&'a [f32]>,
-    norm_eps: f32,
+    norm: LayerNormParams<'a>,
     /// `[dim, r]`, row-major.
     down: &'a [f32],
     down_bias: Option<&'a [f32]>,
@@ -128,9 +128,7 @@ fn rows_through_body(branch: &Branch<'_>, rows: &mut [f32]) {
     let Branch {
         dim,
         r,
-        gamma,
-        beta,
-        norm_eps,
+        norm,
         down,
         down_bias,
         up,
@@ -140,7 +138,7 @@ fn rows_through_body(branch: &Branch<'_>, rows: &mut [f32]) {
     let n = rows.len() / dim;
     let mut normed = rows.to_vec();
     for row in normed.chunks_exact_mut(dim) {
-        layer_norm_in_place(row, gamma, beta, norm_eps);
+        layer_norm_in_place(row, norm);
     }
     let mut hidden = vec![0.0f32; n * r];
     small_product(

@@ -14,7 +14,7 @@ use burn_flex::{FlexTensor, Layout};
 use dmpo_model::kernels::CovariancePool;
 use rayon::prelude::*;
 
-use super::math::{best_simd, layer_norm_in_place};
+use super::math::{LayerNormParams, best_simd, layer_norm_in_place};
 use super::newton_schulz::newton_schulz_one;
 use super::small_product::{Strided, small_product};
 
@@ -72,9 +72,11 @@ pub fn covariance_pool(input: &CovariancePool<Flex>) -> Option<FlexTensor> {
         prefix: *prefix,
         dim,
         r,
-        gamma,
-        beta,
-        norm_eps,
+        norm: LayerNormParams {
+            gamma,
+            beta,
+            eps: norm_eps,
+        },
         w,
         iterations: *iterations,
         eps,
@@ -95,9 +97,7 @@ struct Head<'a> {
     dim: usize,
     /// d', the reduced width.
     r: usize,
-    gamma: &'a [f32],
-    beta: Option<&'a [f32]>,
-    norm_eps: f32,
+    norm: LayerNormParams<'a>,
     /// `[dim, r]`, row-major.
     w: &'a [f32],
     iterations: usize,
@@ -117,9 +117,7 @@ fn pool_one_body(head: &Head<'_>, image: &[f32], features: &mut [f32]) {
         prefix,
         dim,
         r,
-        gamma,
-        beta,
-        norm_eps,
+        norm,
         w,
         iterations,
         eps,
@@ -128,7 +126,7 @@ fn pool_one_body(head: &Head<'_>, image: &[f32], features: &mut [f32]) {
     let mut normed = image[prefix * dim..].to_vec();
     let n = normed.len() / dim;
     for row in normed.chunks_exact_mut(dim) {
-        layer_norm_in_place(row, gamma, beta, norm_eps);
+        layer_norm_in_place(row, norm);
     }
     // The reduction to d', then centred over the tokens.
     let mut x = vec![0.0f32; n * r];

@@ -177,10 +177,19 @@ pub fn lane_sum(values: &[f32]) -> f32 {
     sum.iter().sum::<f32>() + chunks.remainder().iter().sum::<f32>()
 }
 
+/// A LayerNorm's parameters, borrowed from its tensors.
+#[derive(Clone, Copy)]
+pub struct LayerNormParams<'a> {
+    pub gamma: &'a [f32],
+    pub beta: Option<&'a [f32]>,
+    pub eps: f32,
+}
+
 /// LayerNorm of one row in place, as Burn's: `(x − mean) / √(var + ε) · γ + β`, the mean and
 /// the variance summed as [`lane_sum`] does.
 #[inline(always)]
-pub fn layer_norm_in_place(row: &mut [f32], gamma: &[f32], beta: Option<&[f32]>, eps: f32) {
+pub fn layer_norm_in_place(row: &mut [f32], norm: LayerNormParams<'_>) {
+    let LayerNormParams { gamma, beta, eps } = norm;
     let dim = row.len() as f32;
     let mean = lane_sum(row) / dim;
     let mut centred = [0.0f32; 8];

@@ -56,7 +56,6 @@ impl<'a> Strided<'a> {
 /// `b_row` apart) and `c: m × n` row-major (rows `c_row` apart). Each element is
 /// `scale · fma(a₂, b₂, fma(a₁, b₁, fma(a₀, b₀, 0)))…`, in that order, whatever the CPU.
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
 pub(super) fn small_product(
     (m, n, k): (usize, usize, usize),
     a: Strided<'_>,
@@ -78,83 +77,84 @@ pub(super) fn small_product(
         "rhs out of bounds"
     );
     assert!((m - 1) * c_row + n <= c.len(), "output out of bounds");
+    let product = Product {
+        a,
+        b,
+        b_row,
+        c_row,
+        scale,
+        n,
+        k,
+    };
     let mut i = 0;
     if n < COLS {
         // Narrow (a bottleneck of 8): twice the rows, so as many sums are in flight.
         while i + 2 * ROWS <= m {
-            rows_block::<{ 2 * ROWS }>(i, (n, k), a, b, b_row, c, c_row, scale);
+            product.rows::<{ 2 * ROWS }>(i, c);
             i += 2 * ROWS;
         }
     }
     while i + ROWS <= m {
-        rows_block::<ROWS>(i, (n, k), a, b, b_row, c, c_row, scale);
+        product.rows::<ROWS>(i, c);
         i += ROWS;
     }
     while i < m {
-        rows_block::<1>(i, (n, k), a, b, b_row, c, c_row, scale);
+        product.rows::<1>(i, c);
         i += 1;
     }
 }
 
-/// Rows `i..i + R` of the result, 16 columns at a time, then 8, then one by one.
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
-fn rows_block<const R: usize>(
-    i: usize,
-    (n, k): (usize, usize),
-    a: Strided<'_>,
-    b: &[f32],
+/// One product's operands and sizes, shared by its tiles (bounds checked by [`small_product`]).
+struct Product<'a> {
+    a: Strided<'a>,
+    b: &'a [f32],
     b_row: usize,
-    c: &mut [f32],
     c_row: usize,
     scale: f32,
-) {
-    let mut j = 0;
-    while j + COLS <= n {
-        tile::<R, COLS>(i, j, k, a, b, b_row, c, c_row, scale);
-        j += COLS;
-    }
-    if j + 8 <= n {
-        tile::<R, 8>(i, j, k, a, b, b_row, c, c_row, scale);
-        j += 8;
-    }
-    while j < n {
-        tile::<R, 1>(i, j, k, a, b, b_row, c, c_row, scale);
-        j += 1;
-    }
+    n: usize,
+    k: usize,
 }
 
-/// The `R × W` tile at (i, j), summed in a register-sized accumulator.
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
-fn tile<const R: usize, const W: usize>(
-    i: usize,
-    j: usize,
-    k: usize,
-    a: Strided<'_>,
-    b: &[f32],
-    b_row: usize,
-    c: &mut [f32],
-    c_row: usize,
-    scale: f32,
-) {
-    let mut acc = [[0.0f32; W]; R];
-    for l in 0..k {
-        // SAFETY: l < k and j + W ≤ n, so this lies inside b ([`small_product`] checked
-        // (k − 1)·b_row + n ≤ b.len()).
-        let bl = unsafe { &*(b.as_ptr().add(l * b_row + j) as *const [f32; W]) };
-        for (r, row) in acc.iter_mut().enumerate() {
-            // SAFETY: i + r < m and l < k, inside a's checked range.
-            let av = unsafe { a.at(i + r, l) };
-            for (s, &bv) in row.iter_mut().zip(bl) {
-                *s = av.mul_add(bv, *s);
-            }
+impl Product<'_> {
+    /// Rows `i..i + R` of the result, 16 columns at a time, then 8, then one by one.
+    #[inline(always)]
+    fn rows<const R: usize>(&self, i: usize, c: &mut [f32]) {
+        let mut j = 0;
+        while j + COLS <= self.n {
+            self.tile::<R, COLS>(i, j, c);
+            j += COLS;
+        }
+        if j + 8 <= self.n {
+            self.tile::<R, 8>(i, j, c);
+            j += 8;
+        }
+        while j < self.n {
+            self.tile::<R, 1>(i, j, c);
+            j += 1;
         }
     }
-    for (r, row) in acc.iter().enumerate() {
-        let out = &mut c[(i + r) * c_row + j..][..W];
-        for (o, &s) in out.iter_mut().zip(row) {
-            *o = s * scale;
+
+    /// The `R × W` tile at (i, j), summed in a register-sized accumulator.
+    #[inline(always)]
+    fn tile<const R: usize, const W: usize>(&self, i: usize, j: usize, c: &mut [f32]) {
+        let mut acc = [[0.0f32; W]; R];
+        for l in 0..self.k {
+            // SAFETY: l < k and j + W ≤ n, so this lies inside b ([`small_product`] checked
+            // (k − 1)·b_row + n ≤ b.len()).
+            let bl = unsafe { &*(self.b.as_ptr().add(l * self.b_row + j) as *const [f32; W]) };
+            for (r, row) in acc.iter_mut().enumerate() {
+                // SAFETY: i + r < m and l < k, inside a's checked range.
+                let av = unsafe { self.a.at(i + r, l) };
+                for (s, &bv) in row.iter_mut().zip(bl) {
+                    *s = av.mul_add(bv, *s);
+                }
+            }
+        }
+        for (r, row) in acc.iter().enumerate() {
+            let out = &mut c[(i + r) * self.c_row + j..][..W];
+            for (o, &s) in out.iter_mut().zip(row) {
+                *o = s * self.scale;
+            }
         }
     }
 }
@@ -190,10 +190,24 @@ mod tests {
             .collect()
     }
 
-    /// Every tile shape (8, 4 and 1 rows; 16, 8 and 1 columns), plain and transposed lhs, the
-    /// same bits as the in-order scalar sum of fused multiply-adds.
+    /// The product compiled for the CPU's best instructions, as the kernels call it.
+    fn best(dims: (usize, usize, usize), a: Strided<'_>, b: &[f32], n: usize) -> Vec<f32> {
+        let mut c = vec![f32::NAN; dims.0 * dims.1];
+        fn run(dims: (usize, usize, usize), a: Strided<'_>, b: &[f32], n: usize, c: &mut [f32]) {
+            crate::flex_kernels::math::best_simd!((dims: (usize, usize, usize), a: Strided<'_>, b: &[f32], n: usize, c: &mut [f32]) {
+                small_product(dims, a, b, n, c, n, 0.5)
+            })
+        }
+        run(dims, a, b, n, &mut c);
+        c
+    }
+
+    /// Every tile shape (8, 4 and 1 rows; 16, 8 and 1 columns), plain and transposed lhs: the
+    /// same bits as the in-order scalar sum of fused multiply-adds, from the baseline build and
+    /// from the vectorised one (AVX-512 or AVX2 + FMA where the CPU has them), so a model
+    /// answers the same on any x86-64.
     #[test]
-    fn matches_the_in_order_sum_bit_for_bit() {
+    fn every_build_gives_the_bits_of_the_in_order_sum() {
         for (m, n, k) in [
             (1, 1, 1),
             (5, 3, 7),
@@ -202,6 +216,7 @@ mod tests {
             (9, 25, 17),
             (3, 40, 0),
             (37, 8, 96),
+            (50, 96, 8),
         ] {
             let a = values(m * k.max(1), 1);
             let b = values(k.max(1) * n, 2);
@@ -211,47 +226,16 @@ mod tests {
                 } else {
                     Strided::rows(&a, k)
                 };
+                let want = reference((m, n, k), lhs, &b, n, 0.5);
                 let mut c = vec![f32::NAN; m * n];
                 small_product((m, n, k), lhs, &b, n, &mut c, n, 0.5);
+                assert_eq!(c, want, "baseline {m}×{n}×{k} {transposed}");
                 assert_eq!(
-                    c,
-                    reference((m, n, k), lhs, &b, n, 0.5),
-                    "{m}×{n}×{k} {transposed}"
+                    best((m, n, k), lhs, &b, n),
+                    want,
+                    "vectorised {m}×{n}×{k} {transposed}"
                 );
             }
-        }
-    }
-
-    /// The product compiled for the CPU's best instructions, as the kernels call it.
-    fn best(dims: (usize, usize, usize), a: Strided<'_>, b: &[f32], n: usize) -> Vec<f32> {
-        let mut c = vec![f32::NAN; dims.0 * dims.1];
-        fn run(dims: (usize, usize, usize), a: Strided<'_>, b: &[f32], n: usize, c: &mut [f32]) {
-            crate::flex_kernels::math::best_simd!((dims: (usize, usize, usize), a: Strided<'_>, b: &[f32], n: usize, c: &mut [f32]) {
-                small_product(dims, a, b, n, c, n, 0.25)
-            })
-        }
-        run(dims, a, b, n, &mut c);
-        c
-    }
-
-    /// The vectorised build (AVX-512 or AVX2 + FMA where the CPU has them) gives the bits of
-    /// the scalar in-order sum: a model answers the same on any x86-64.
-    #[test]
-    fn the_vectorised_build_gives_the_same_bits() {
-        for (m, n, k) in [
-            (32, 32, 32),
-            (49, 32, 96),
-            (50, 8, 96),
-            (50, 96, 8),
-            (7, 21, 13),
-        ] {
-            let a = values(m * k, 5);
-            let b = values(k * n, 6);
-            let lhs = Strided::rows(&a, k);
-            assert_eq!(
-                best((m, n, k), lhs, &b, n),
-                reference((m, n, k), lhs, &b, n, 0.25)
-            );
         }
     }
 
