@@ -12,7 +12,8 @@ use burn_flex::{FlexTensor, Layout};
 use dmpo_model::kernels::BypassInput;
 use rayon::prelude::*;
 
-use super::math::{LayerNormParams, best_simd, gelu, layer_norm_in_place};
+use super::math::{LayerNormParams, best_simd, gelu, layer_normed};
+use super::optional_slice;
 use super::small_product::{Strided, small_product};
 
 /// Tokens per task: enough to amortise a task, few enough that a batch-1 ViT-S image
@@ -67,13 +68,13 @@ pub fn bypass(input: &BypassInput<burn::backend::Flex>) -> Option<FlexTensor> {
         r,
         norm: LayerNormParams {
             gamma: gamma.as_slice::<f32>()?,
-            beta: slice(&beta)?,
+            beta: optional_slice(&beta)?,
             eps: *norm_eps as f32,
         },
         down: down.as_slice::<f32>()?,
-        down_bias: slice(&down_bias)?,
+        down_bias: optional_slice(&down_bias)?,
         up: up.as_slice::<f32>()?,
-        up_bias: slice(&up_bias)?,
+        up_bias: optional_slice(&up_bias)?,
         scale: *scale as f32,
     };
     let lengths_fit = branch.norm.gamma.len() == dim
@@ -92,14 +93,6 @@ pub fn bypass(input: &BypassInput<burn::backend::Flex>) -> Option<FlexTensor> {
         Layout::contiguous(shape.clone()),
         DType::F32,
     ))
-}
-
-/// An optional parameter's values: `Some(None)` when absent, `None` when unreadable.
-fn slice(t: &Option<FlexTensor>) -> Option<Option<&[f32]>> {
-    match t {
-        Some(t) => t.as_slice::<f32>().map(Some),
-        None => Some(None),
-    }
 }
 
 /// The module's parameters, borrowed for the call.
@@ -136,10 +129,7 @@ fn rows_through_body(branch: &Branch<'_>, rows: &mut [f32]) {
         scale,
     } = *branch;
     let n = rows.len() / dim;
-    let mut normed = rows.to_vec();
-    for row in normed.chunks_exact_mut(dim) {
-        layer_norm_in_place(row, norm);
-    }
+    let mut normed = layer_normed(rows, dim, norm);
     let mut hidden = vec![0.0f32; n * r];
     small_product(
         (n, r, dim),

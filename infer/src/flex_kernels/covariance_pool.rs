@@ -14,8 +14,9 @@ use burn_flex::{FlexTensor, Layout};
 use dmpo_model::kernels::CovariancePool;
 use rayon::prelude::*;
 
-use super::math::{LayerNormParams, best_simd, layer_norm_in_place};
+use super::math::{LayerNormParams, best_simd, layer_normed};
 use super::newton_schulz::newton_schulz_one;
+use super::optional_slice;
 use super::small_product::{Strided, small_product};
 
 /// `[B, T, D]` tokens → `[B, d'(d'+1)/2]` features; `None` (declined) for other dtypes or
@@ -58,10 +59,7 @@ pub fn covariance_pool(input: &CovariancePool<Flex>) -> Option<FlexTensor> {
         weight.as_slice::<f32>()?,
         gamma.as_slice::<f32>()?,
     );
-    let beta = match &beta {
-        Some(b) => Some(b.as_slice::<f32>()?),
-        None => None,
-    };
+    let beta = optional_slice(&beta)?;
     if gamma.len() != dim || beta.is_some_and(|b| b.len() != dim) {
         return None;
     }
@@ -123,11 +121,8 @@ fn pool_one_body(head: &Head<'_>, image: &[f32], features: &mut [f32]) {
         eps,
     } = *head;
     // LayerNorm of each patch token, as Burn's: (x − mean) / √(var + ε) · γ + β.
-    let mut normed = image[prefix * dim..].to_vec();
+    let normed = layer_normed(&image[prefix * dim..], dim, norm);
     let n = normed.len() / dim;
-    for row in normed.chunks_exact_mut(dim) {
-        layer_norm_in_place(row, norm);
-    }
     // The reduction to d', then centred over the tokens.
     let mut x = vec![0.0f32; n * r];
     small_product(

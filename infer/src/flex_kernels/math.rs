@@ -220,6 +220,17 @@ pub fn layer_norm_in_place(row: &mut [f32], norm: LayerNormParams<'_>) {
     }
 }
 
+/// A copy of `rows` (`[n, dim]`, row-major) with each row layer-normed as
+/// [`layer_norm_in_place`] does.
+#[inline(always)]
+pub fn layer_normed(rows: &[f32], dim: usize, norm: LayerNormParams<'_>) -> Vec<f32> {
+    let mut normed = rows.to_vec();
+    for row in normed.chunks_exact_mut(dim) {
+        layer_norm_in_place(row, norm);
+    }
+    normed
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

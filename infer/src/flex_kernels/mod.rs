@@ -20,7 +20,17 @@ mod product;
 mod small_product;
 
 use burn::backend::Flex;
+use burn_flex::FlexTensor;
 use dmpo_model::kernels::{self, Kernels};
+
+/// An optional parameter's `f32` values: `Some(None)` when the parameter is absent, `None` when
+/// it cannot be read as `f32` (the kernel then declines).
+fn optional_slice(t: &Option<FlexTensor>) -> Option<Option<&[f32]>> {
+    match t {
+        Some(t) => t.as_slice::<f32>().map(Some),
+        None => Some(None),
+    }
+}
 
 /// Whether [`install`] put any kernel in place for Flex.
 pub fn installed() -> bool {
@@ -42,29 +52,28 @@ pub fn install() {
             tracing::info!("DMPO_KERNELS=composed: Flex runs Burn's composed ops");
             return;
         }
-        if !(linear && attention) {
+        // The patch cut and the heads' kernels come with the full set only: the per-kernel
+        // choices compare the trunk's two.
+        let all = linear && attention;
+        if !all {
             tracing::info!(
                 "DMPO_KERNELS={choice}: Flex's fused linear {linear}, attention {attention}"
             );
         }
         kernels::install::<Flex>(Kernels {
-            // This and the heads' kernels with the full set only: the per-kernel choices compare
-            // the trunk's two.
-            patchify: (linear && attention)
-                .then_some(patchify::patchify as kernels::PatchifyKernel<Flex>),
+            patchify: all.then_some(patchify::patchify as kernels::PatchifyKernel<Flex>),
             linear: linear.then_some(linear::linear as kernels::LinearKernel<Flex>),
             qkv_attention: attention
                 .then_some(attention::qkv_attention as kernels::QkvAttentionKernel<Flex>),
-            newton_schulz: (linear && attention)
+            newton_schulz: all
                 .then_some(newton_schulz::fused_newton_schulz as kernels::NewtonSchulzKernel<Flex>),
-            covariance_pool: (linear && attention)
+            covariance_pool: all
                 .then_some(covariance_pool::covariance_pool as kernels::CovariancePoolKernel<Flex>),
-            bypass: (linear && attention).then_some(bypass::bypass as kernels::BypassKernel<Flex>),
+            bypass: all.then_some(bypass::bypass as kernels::BypassKernel<Flex>),
         });
         type AD = burn_autodiff::Autodiff<Flex>;
         kernels::install::<AD>(Kernels {
-            patchify: (linear && attention)
-                .then_some(autodiff::patchify as kernels::PatchifyKernel<AD>),
+            patchify: all.then_some(autodiff::patchify as kernels::PatchifyKernel<AD>),
             linear: linear.then_some(autodiff::linear as kernels::LinearKernel<AD>),
             qkv_attention: attention
                 .then_some(autodiff::qkv_attention as kernels::QkvAttentionKernel<AD>),
