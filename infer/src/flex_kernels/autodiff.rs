@@ -14,7 +14,7 @@
 
 use burn::backend::Flex;
 use burn::tensor::ops::{FloatTensor, ModuleOps};
-use burn::tensor::{Bytes, DType};
+use burn::tensor::{Bytes, DType, Shape};
 use burn_autodiff::checkpoint::base::Checkpointer;
 use burn_autodiff::checkpoint::strategy::NoCheckpointing;
 use burn_autodiff::grads::Gradients;
@@ -54,7 +54,7 @@ impl<const N: usize> Backward<Flex, N> for FusedLinearBackward {
     ) {
         let mut grad = grads.consume::<Flex>(&ops.node);
         if let Some(z) = &ops.state.pre_activation {
-            grad = activation_backward(z, &grad, ops.state.activation);
+            grad = activation_backward(z, grad, ops.state.activation);
         }
         let [node_x, node_weight, node_bias] =
             [0, 1, 2].map(|i| ops.parents.get(i).cloned().flatten());
@@ -93,21 +93,18 @@ pub fn linear(
     bias: Option<&FloatTensor<AD>>,
     activation: Activation,
 ) -> Option<FloatTensor<AD>> {
-    let z = super::linear::linear(
-        &x.primitive,
-        &weight.primitive,
-        bias.map(|b| &b.primitive),
-        Activation::None,
-    )?;
-    let activated = activation != Activation::None;
-    let output = |z: &FlexTensor| {
-        if activated {
-            activation_forward(z, activation)
-        } else {
-            z.clone()
-        }
-    };
     let (x_tracked, weight_tracked) = (x.is_tracked(), weight.is_tracked());
+    let (x_p, weight_p, bias_p) = (&x.primitive, &weight.primitive, bias.map(|b| &b.primitive));
+    // x·W + b is only kept for the derivative of a product that takes part in a backward pass.
+    let (output, pre_activation) =
+        if x_tracked || weight_tracked || bias.is_some_and(|b| b.is_tracked()) {
+            super::linear::linear_keeping_pre_activation(x_p, weight_p, bias_p, activation)?
+        } else {
+            (
+                super::linear::linear(x_p, weight_p, bias_p, activation)?,
+                None,
+            )
+        };
     macro_rules! run {
         ($nodes:expr) => {
             match FusedLinearBackward
@@ -119,12 +116,12 @@ pub fn linear(
                     let state = State {
                         x: weight_tracked.then(|| prep.checkpoint(x)),
                         weight: x_tracked.then(|| prep.checkpoint(weight)),
-                        pre_activation: activated.then(|| z.clone()),
+                        pre_activation: pre_activation.clone(),
                         activation,
                     };
-                    prep.finish(state, output(&z))
+                    prep.finish(state, output.clone())
                 }
-                OpsKind::UnTracked(prep) => prep.finish(output(&z)),
+                OpsKind::UnTracked(prep) => prep.finish(output.clone()),
             }
         };
     }
@@ -188,48 +185,30 @@ pub fn qkv_attention(qkv: &FloatTensor<AD>, heads: usize) -> Option<FloatTensor<
     )
 }
 
-fn contiguous_f32(t: &FlexTensor) -> (FlexTensor, Layout) {
-    let t = t.to_contiguous();
-    let layout = Layout::contiguous(t.layout().shape().clone());
-    (t, layout)
-}
-
 /// Element-wise passes this long or longer are split over the threads in chunks of this size
 /// (each element is independent, so the split changes no bit).
 const PARALLEL_CHUNK: usize = 1 << 14;
 
-/// The activation applied to `z` (x·W + b), vectorised: GELU with the same rational `erf` as the
-/// forward kernel, so training and inference see one function.
-fn activation_forward(z: &FlexTensor, activation: Activation) -> FlexTensor {
-    fn apply(out: &mut [f32], f: impl Fn(f32) -> f32 + Copy + Sync) {
-        out.par_chunks_mut(PARALLEL_CHUNK)
-            .for_each(|chunk| math::map_in_place(chunk, f));
-    }
-    let (z, layout) = contiguous_f32(z);
-    let mut out = z.as_slice::<f32>().expect("contiguous f32").to_vec();
-    match activation {
-        Activation::None => {}
-        Activation::Gelu => apply(&mut out, math::gelu),
-        Activation::Relu => apply(&mut out, math::relu),
-    }
-    FlexTensor::new(Bytes::from_elems(out), layout, DType::F32)
-}
-
 /// `grad · act'(z)` in one vectorised pass: GELU'(z) = Φ(z) + z·φ(z); ReLU'(z) = [z > 0].
-fn activation_backward(z: &FlexTensor, grad: &FlexTensor, activation: Activation) -> FlexTensor {
+fn activation_backward(z: &FlexTensor, grad: FlexTensor, activation: Activation) -> FlexTensor {
     fn apply(out: &mut [f32], z: &[f32], f: impl Fn(f32, f32) -> f32 + Copy + Sync) {
         out.par_chunks_mut(PARALLEL_CHUNK)
             .zip(z.par_chunks(PARALLEL_CHUNK))
             .for_each(|(chunk, z)| math::zip_in_place(chunk, z, f));
     }
-    let (z, layout) = contiguous_f32(z);
-    let (grad, _) = contiguous_f32(grad);
-    let mut out = grad.as_slice::<f32>().expect("contiguous f32").to_vec();
+    let z = z.to_contiguous();
     let z = z.as_slice::<f32>().expect("contiguous f32");
+    // The incoming gradient (consumed from the graph) is updated in place; `storage_mut` copies
+    // it only if something else still holds it.
+    let mut grad = {
+        let grad = grad;
+        grad.to_contiguous()
+    };
+    let out = grad.storage_mut::<f32>();
     match activation {
         Activation::None => {}
-        Activation::Gelu => apply(&mut out, z, |g, z| g * math::gelu_derivative(z)),
-        Activation::Relu => apply(&mut out, z, |g, z| if z > 0.0 { g } else { 0.0 }),
+        Activation::Gelu => apply(out, z, |g, z| g * math::gelu_derivative(z)),
+        Activation::Relu => apply(out, z, |g, z| if z > 0.0 { g } else { 0.0 }),
     }
-    FlexTensor::new(Bytes::from_elems(out), layout, DType::F32)
+    grad
 }

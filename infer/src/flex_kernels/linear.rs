@@ -2,15 +2,18 @@
 //!
 //! Burn composes a linear layer as a batched matmul (Flex packs the weight once per batch
 //! item), a broadcast bias add (a second sweep over the output) and, in the MLP, a GELU (a
-//! third, with a scalar `erf`; the adapters' ReLU likewise). Here the output rows are first
-//! filled with the bias, the matmul accumulates onto them (gemm's `dst = dst + x·W`), and the
-//! activation runs on each thread's rows right after its product, while they are still in
-//! cache.
+//! third, with a scalar `erf`; the adapters' ReLU likewise). Here each thread fills its block
+//! of output rows with the bias, the matmul accumulates onto them (gemm's `dst = dst + x·W`),
+//! and the activation runs on those rows right after the product, while they are still in
+//! cache. Without a bias gemm writes the rows outright (nothing is zeroed first). Training
+//! keeps `x·W + b` for the activation's derivative: [`linear_keeping_pre_activation`] writes
+//! both in the same pass.
 
 use burn::tensor::{Bytes, DType, Shape};
 use burn_flex::{FlexTensor, Layout};
 use dmpo_model::kernels::Activation;
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 
 use super::math;
 
@@ -18,16 +21,28 @@ use super::math;
 /// count: gemm's result for a row depends on how many rows it is given, and seeded training
 /// must give the same bits on any machine.
 ///
-/// Small weights (ViT-Ti, the demo: packing them is cheap): independent blocks of about
-/// `ROWS_PER_TASK` rows, each a single-threaded gemm that packs the weight itself; this beats
-/// gemm's own threading on these narrow products (ViT-Ti batch 1: 0.90 against 0.79 of
-/// PyTorch). Large weights (ViT-S's qkv and MLP, ViT-B): one gemm over all rows with its own
-/// threading, which packs each weight block once for every thread (ViT-B batch 16: 1.00 against
-/// 0.88 with row blocks, whose every block re-packs a 9 MiB weight).
-const ROWS_PER_TASK: usize = 64;
+/// Small weights (ViT-Ti, the demo: packing them is cheap): independent blocks of rows, each a
+/// single-threaded gemm that packs the weight itself; this beats gemm's own threading on these
+/// narrow products (ViT-Ti batch 1: 0.90 against 0.79 of PyTorch). Every block packs the whole
+/// weight once, so blocks of [`MIN_ROWS_PER_TASK`] rows (which split a single ViT image four
+/// ways) spent 8 % of the demo's training step packing; a large batch is cut into
+/// [`TASKS_PER_PRODUCT`] blocks of up to [`MAX_ROWS_PER_TASK`] rows instead (3 %), still enough
+/// tasks for 16 threads. Large weights (ViT-S's qkv and MLP, ViT-B): one gemm over all rows
+/// with its own threading, which packs each weight block once for every thread (ViT-B batch
+/// 16: 1.00 against 0.88 with row blocks, whose every block re-packs a 9 MiB weight).
+const MIN_ROWS_PER_TASK: usize = 64;
+const MAX_ROWS_PER_TASK: usize = 256;
+const TASKS_PER_PRODUCT: usize = 16;
 const ONE_GEMM_MIN_WEIGHT: usize = 1 << 18;
 /// Below this many multiply-adds gemm runs on one thread (Flex's threshold).
 const THREADED_GEMM_MIN_MACS: usize = 192 * 192 * 192;
+/// Rows per parallel chunk of the activation after one threaded gemm.
+const ACTIVATION_CHUNK_ROWS: usize = 64;
+
+/// The rows each single-threaded gemm takes: a function of the shape only (see above).
+fn rows_per_task(rows: usize) -> usize {
+    (rows / TASKS_PER_PRODUCT).clamp(MIN_ROWS_PER_TASK, MAX_ROWS_PER_TASK)
+}
 
 pub fn linear(
     x: &FlexTensor,
@@ -35,6 +50,27 @@ pub fn linear(
     bias: Option<&FlexTensor>,
     activation: Activation,
 ) -> Option<FlexTensor> {
+    linear_with(x, weight, bias, activation, false).map(|(out, _)| out)
+}
+
+/// `(act(x·W + b), x·W + b)`: the output and, when there is an activation, what it was applied
+/// to (for its derivative under autodiff), both from one pass; `None` as [`linear`].
+pub fn linear_keeping_pre_activation(
+    x: &FlexTensor,
+    weight: &FlexTensor,
+    bias: Option<&FlexTensor>,
+    activation: Activation,
+) -> Option<(FlexTensor, Option<FlexTensor>)> {
+    linear_with(x, weight, bias, activation, activation != Activation::None)
+}
+
+fn linear_with(
+    x: &FlexTensor,
+    weight: &FlexTensor,
+    bias: Option<&FlexTensor>,
+    activation: Activation,
+    keep_pre_activation: bool,
+) -> Option<(FlexTensor, Option<FlexTensor>)> {
     let f32s = |t: &FlexTensor| t.dtype() == DType::F32;
     if !f32s(x) || !f32s(weight) || !bias.is_none_or(f32s) {
         return None;
@@ -57,89 +93,218 @@ pub fn linear(
         Some(b) => Some(b.to_contiguous()),
         None => None,
     };
+    let bias = match &bias {
+        Some(b) => Some(b.as_slice::<f32>()?),
+        None => None,
+    };
     let x = x.to_contiguous();
     let xs = x.as_slice::<f32>()?;
     let rows = xs.len() / k;
     let w = &weight.storage::<f32>()[weight.layout().start_offset()..];
 
-    let mut out = match &bias {
-        Some(b) => b.as_slice::<f32>()?.repeat(rows),
-        None => vec![0.0f32; rows * m],
-    };
-    // One gemm, or contiguous row blocks of about ROWS_PER_TASK rows, as even as possible,
-    // which rayon spreads over the threads (see ROWS_PER_TASK).
+    // Written in full below (bias rows or gemm's product, then the activation) before being
+    // read; `Vec::with_capacity` spares zeroing what gemm overwrites.
+    let mut out: Vec<f32> = Vec::with_capacity(rows * m);
+    let mut pre_activation: Option<Vec<f32>> =
+        keep_pre_activation.then(|| Vec::with_capacity(rows * m));
+    // One gemm, or contiguous row blocks (see `rows_per_task`), as even as possible, which
+    // rayon spreads over the threads.
     let one_gemm = k * m >= ONE_GEMM_MIN_WEIGHT;
     let tasks = if one_gemm {
         1
     } else {
-        rows.div_ceil(ROWS_PER_TASK).max(1)
+        rows.div_ceil(rows_per_task(rows))
     };
     let rows_per_task = rows.div_ceil(tasks);
-    let product = |(task, out): (usize, &mut [f32])| {
-        let first = task * rows_per_task;
-        let n_rows = out.len() / m;
-        // SAFETY: `out` is `n_rows × m` row-major; `xs[first·k..]` holds `n_rows × k` row-major;
-        // `w` holds the `k × m` weight at strides (w_rs, w_cs), all non-negative and in bounds.
+    let block = Block {
+        xs,
+        w,
+        w_rs,
+        w_cs,
+        bias,
+        k,
+        m,
+        activation,
+        threaded: one_gemm,
+    };
+    let (out_all, pre_all) = (
+        &mut out.spare_capacity_mut()[..rows * m],
+        pre_activation
+            .as_mut()
+            .map(|pre| &mut pre.spare_capacity_mut()[..rows * m]),
+    );
+    if tasks == 1 {
+        // Straight on this thread: a batch-1 forward is dozens of small products, where
+        // handing each to rayon costs a tenth of the time.
+        block.run(0, out_all, pre_all);
+    } else {
+        let out_blocks = out_all.par_chunks_mut(rows_per_task * m);
+        match pre_all {
+            Some(pre) => out_blocks
+                .zip(pre.par_chunks_mut(rows_per_task * m))
+                .enumerate()
+                .for_each(|(task, (out, pre))| block.run(task * rows_per_task, out, Some(pre))),
+            None => out_blocks
+                .enumerate()
+                .for_each(|(task, out)| block.run(task * rows_per_task, out, None)),
+        }
+    }
+    // SAFETY: every block of `out` and `pre_activation` (they cover all rows · m elements) was
+    // written by `Block::run`.
+    unsafe {
+        out.set_len(rows * m);
+        if let Some(pre) = &mut pre_activation {
+            pre.set_len(rows * m);
+        }
+    }
+
+    let mut shape: Vec<usize> = x_shape.iter().copied().collect();
+    *shape.last_mut()? = m;
+    let tensor = |values: Vec<f32>| {
+        FlexTensor::new(
+            Bytes::from_elems(values),
+            Layout::contiguous(Shape::from(shape.clone())),
+            DType::F32,
+        )
+    };
+    Some((tensor(out), pre_activation.map(tensor)))
+}
+
+/// One call's operands: `x` (rows × k, row-major), the weight (k × m at strides
+/// (w_rs, w_cs)), the bias and the activation.
+struct Block<'a> {
+    xs: &'a [f32],
+    w: &'a [f32],
+    w_rs: isize,
+    w_cs: isize,
+    bias: Option<&'a [f32]>,
+    k: usize,
+    m: usize,
+    activation: Activation,
+    /// One block holding every row: gemm and the activation spread it over the threads.
+    threaded: bool,
+}
+
+impl Block<'_> {
+    /// Writes the rows from `first` on into `out` (`n_rows × m`): act(x·W + b), and x·W + b
+    /// into `pre` when given (`out` is then computed from it).
+    fn run(
+        &self,
+        first: usize,
+        out: &mut [MaybeUninit<f32>],
+        pre: Option<&mut [MaybeUninit<f32>]>,
+    ) {
+        // Each function passed as its own type (not a fn pointer), so it inlines and vectorises.
+        fn activate(
+            out: &mut [MaybeUninit<f32>],
+            pre: Option<&[f32]>,
+            chunk: usize,
+            f: impl Fn(f32) -> f32 + Copy + Sync,
+        ) {
+            let one = |out: &mut [MaybeUninit<f32>], pre: Option<&[f32]>| {
+                if let Some(pre) = pre {
+                    // SAFETY: `pre` holds `out.len()` values; f32 and MaybeUninit<f32> share a
+                    // layout; the two buffers are distinct allocations.
+                    unsafe {
+                        std::ptr::copy_nonoverlapping(
+                            pre.as_ptr(),
+                            out.as_mut_ptr().cast(),
+                            out.len(),
+                        )
+                    };
+                }
+                // SAFETY: initialised by gemm (no `pre`) or by the copy just above.
+                math::map_in_place(unsafe { assume_init(out) }, f);
+            };
+            if chunk >= out.len() {
+                return one(out, pre);
+            }
+            match pre {
+                Some(pre) => out
+                    .par_chunks_mut(chunk)
+                    .zip(pre.par_chunks(chunk))
+                    .for_each(|(out, pre)| one(out, Some(pre))),
+                None => out.par_chunks_mut(chunk).for_each(|out| one(out, None)),
+            }
+        }
+        // Rows per parallel chunk of the activation when gemm spread the product itself.
+        let chunk = if self.threaded {
+            ACTIVATION_CHUNK_ROWS * self.m
+        } else {
+            usize::MAX
+        };
+        match pre {
+            None => {
+                self.product(first, out);
+                match self.activation {
+                    Activation::None => {}
+                    Activation::Gelu => activate(out, None, chunk, math::gelu),
+                    Activation::Relu => activate(out, None, chunk, math::relu),
+                }
+            }
+            Some(pre) => {
+                self.product(first, pre);
+                // SAFETY: written by `product` just above.
+                let pre: &[f32] = unsafe { assume_init(pre) };
+                match self.activation {
+                    Activation::None => activate(out, Some(pre), chunk, |z| z),
+                    Activation::Gelu => activate(out, Some(pre), chunk, math::gelu),
+                    Activation::Relu => activate(out, Some(pre), chunk, math::relu),
+                }
+            }
+        }
+    }
+
+    /// x·W + b for the rows from `first` on into `dst` (`n_rows × m`, all of it written).
+    fn product(&self, first: usize, dst: &mut [MaybeUninit<f32>]) {
+        let (k, m) = (self.k, self.m);
+        let n_rows = dst.len() / m;
+        if let Some(bias) = self.bias {
+            for row in dst.chunks_exact_mut(m) {
+                // SAFETY: `row` and `bias` are m f32s each; f32 and MaybeUninit<f32> share a
+                // layout.
+                unsafe { std::ptr::copy_nonoverlapping(bias.as_ptr(), row.as_mut_ptr().cast(), m) };
+            }
+        }
+        // SAFETY: `dst` is `n_rows × m` row-major, initialised where gemm reads it (the bias
+        // rows; with `read_dst` false gemm writes every element without reading it);
+        // `xs[first·k..]` holds `n_rows × k` row-major; `w` holds the `k × m` weight at strides
+        // (w_rs, w_cs), all non-negative and in bounds.
         unsafe {
             gemm::gemm(
                 n_rows,
                 m,
                 k,
-                out.as_mut_ptr(),
+                dst.as_mut_ptr().cast::<f32>(),
                 1,
                 m as isize,
-                bias.is_some(),
-                xs[first * k..].as_ptr(),
+                self.bias.is_some(),
+                self.xs[first * k..].as_ptr(),
                 1,
                 k as isize,
-                w.as_ptr(),
-                w_cs,
-                w_rs,
+                self.w.as_ptr(),
+                self.w_cs,
+                self.w_rs,
                 1.0,
                 1.0,
                 false,
                 false,
                 false,
-                if one_gemm && n_rows * m * k >= THREADED_GEMM_MIN_MACS {
+                if self.threaded && n_rows * m * k >= THREADED_GEMM_MIN_MACS {
                     gemm::Parallelism::Rayon(0)
                 } else {
                     gemm::Parallelism::None
                 },
             );
         }
-        // Each function passed as its own type (not a fn pointer), so it inlines and vectorises.
-        fn apply(
-            out: &mut [f32],
-            parallel_rows: Option<usize>,
-            f: impl Fn(f32) -> f32 + Copy + Sync,
-        ) {
-            match parallel_rows {
-                Some(len) => out
-                    .par_chunks_mut(len)
-                    .for_each(|rows| math::map_in_place(rows, f)),
-                None => math::map_in_place(out, f),
-            }
-        }
-        let parallel_rows = one_gemm.then_some(ROWS_PER_TASK * m);
-        match activation {
-            Activation::None => {}
-            Activation::Gelu => apply(out, parallel_rows, math::gelu),
-            Activation::Relu => apply(out, parallel_rows, math::relu),
-        }
-    };
-    if tasks == 1 {
-        product((0, &mut out));
-    } else {
-        out.par_chunks_mut(rows_per_task * m)
-            .enumerate()
-            .for_each(product);
     }
+}
 
-    let mut shape: Vec<usize> = x_shape.iter().copied().collect();
-    *shape.last_mut()? = m;
-    Some(FlexTensor::new(
-        Bytes::from_elems(out),
-        Layout::contiguous(Shape::from(shape)),
-        DType::F32,
-    ))
+/// `values` as initialised floats.
+///
+/// # Safety
+/// Every element of `values` has been written.
+unsafe fn assume_init(values: &mut [MaybeUninit<f32>]) -> &mut [f32] {
+    // SAFETY: the caller guarantees initialisation; the layouts are the same.
+    unsafe { std::slice::from_raw_parts_mut(values.as_mut_ptr().cast(), values.len()) }
 }
