@@ -3,9 +3,9 @@
 //! The model crate is generic over `B: Backend` and names no backend, yet on a CPU the ViT
 //! forward spends a third of its time outside matrix products: the copies that split `qkv`
 //! into heads and merge them back, the bias add, the GELU pass. A crate that *does* name a
-//! backend (here `dmpo-infer`, for Flex) can install faster, fused versions of six building
+//! backend (here `dmpo-infer`, for Flex) can install faster, fused versions of seven building
 //! blocks with [`install`]; [`patchify`], [`linear`], [`qkv_attention`], [`matrix_sqrt`],
-//! [`covariance_features`] and [`bypass`] use them
+//! [`covariance_features`], [`bypass`] and [`layer_norm`] use them
 //! when the tensors' backend has them installed and the kernel accepts the input, and fall back
 //! to the plain Burn composition otherwise. So every backend gives the same results (to
 //! rounding) and any Burn app keeps working with no setup. An autodiff backend is a type of its
@@ -15,7 +15,7 @@
 use std::any::{Any, TypeId};
 use std::sync::RwLock;
 
-use burn::nn::Linear;
+use burn::nn::{LayerNorm, Linear};
 use burn::prelude::*;
 use burn::tensor::TensorPrimitive;
 use burn::tensor::activation::{gelu, relu};
@@ -67,6 +67,15 @@ pub type PatchifyKernel<B> = fn(&FloatPrimitive<B>, usize) -> Option<FloatPrimit
 /// `tokens: [B, T, D]` → `[B, T, D]`. `None`: declined.
 pub type BypassKernel<B> = fn(&BypassInput<B>) -> Option<FloatPrimitive<B>>;
 
+/// LayerNorm over the last dimension, `(x − μ) / √(σ² + ε) · γ + β`, for `x: [.., D]`,
+/// `γ, β: [D]`. `None`: declined.
+pub type LayerNormKernel<B> = fn(
+    &FloatPrimitive<B>,
+    &FloatPrimitive<B>,
+    Option<&FloatPrimitive<B>>,
+    f64,
+) -> Option<FloatPrimitive<B>>;
+
 /// What [`BypassKernel`] is given: the tokens and the module's parameters (weights in Burn's
 /// `[in, out]` layout).
 pub struct BypassInput<B: Backend> {
@@ -102,6 +111,7 @@ pub struct Kernels<B: Backend> {
     pub newton_schulz: Option<NewtonSchulzKernel<B>>,
     pub covariance_pool: Option<CovariancePoolKernel<B>>,
     pub bypass: Option<BypassKernel<B>>,
+    pub layer_norm: Option<LayerNormKernel<B>>,
 }
 
 impl<B: Backend> Clone for Kernels<B> {
@@ -164,6 +174,25 @@ pub fn composed_patchify<B: Backend>(images: Tensor<B, 4>, patch: usize) -> Tens
         .reshape([b, c, gh, p, gw, p])
         .permute([0, 2, 4, 1, 3, 5])
         .reshape([b, gh * gw, c * p * p])
+}
+
+/// `norm(x)` with the norm's epsilon `eps` (which Burn's `LayerNorm` keeps private): the
+/// backend's kernel when one is installed and accepts the input, else Burn's own LayerNorm.
+/// Burn's autodiff composes LayerNorm from about ten ops and derives twice as many for its
+/// backward; `dmpo-infer` installs a kernel with its own backward for `Autodiff<Flex>`.
+pub fn layer_norm<B: Backend, const D: usize>(
+    norm: &LayerNorm<B>,
+    eps: f64,
+    x: Tensor<B, D>,
+) -> Tensor<B, D> {
+    if let Some(kernel) = installed::<B>().and_then(|k| k.layer_norm) {
+        let gamma = float(&norm.gamma.val());
+        let beta = norm.beta.as_ref().map(|b| float(&b.val()));
+        if let Some(out) = kernel(&float(&x), &gamma, beta.as_ref(), eps) {
+            return Tensor::from_primitive(TensorPrimitive::Float(out));
+        }
+    }
+    norm.forward(x)
 }
 
 /// `act(linear(x))`, fused when the backend has a linear kernel.
@@ -318,6 +347,7 @@ mod tests {
             newton_schulz: None,
             covariance_pool: None,
             bypass: None,
+            layer_norm: None,
         });
         let fused = linear(&layer, x.clone(), Activation::None);
         fused
@@ -333,6 +363,7 @@ mod tests {
             newton_schulz: None,
             covariance_pool: None,
             bypass: None,
+            layer_norm: None,
         });
         linear(&layer, x.clone(), Activation::None)
             .to_data()

@@ -38,8 +38,9 @@ fn dinov2_with_registers_matches_timm_with_fused_kernels() {
 }
 
 /// Seeded training stays bit-reproducible for any thread count with the kernels (as it is
-/// with Burn's composition, `flex_determinism.rs`): an attention and an MLP forward and
-/// backward at ViT-S size, in pools of 1, 2 and 3 threads.
+/// with Burn's composition, `flex_determinism.rs`): a LayerNorm (γ and β trained: their
+/// gradients are sums over rows), an attention and an MLP forward and backward at ViT-S size,
+/// in pools of 1, 2 and 3 threads.
 #[test]
 fn fused_training_does_not_depend_on_the_thread_count() {
     use burn::backend::Autodiff;
@@ -73,8 +74,12 @@ fn fused_training_does_not_depend_on_the_thread_count() {
         {
             set(linear, 10 * i as u32 + 2);
         }
+        let mut norm = burn::nn::LayerNormConfig::new(384).init::<AB>(&device);
+        norm.gamma = Param::from_tensor(values([384], 50) + 1.0);
+        norm.beta = Some(Param::from_tensor(values([384], 51)));
         let x = values([4, 197, 384], 1).require_grad();
-        let out = mlp.forward(attention.forward(x.clone()));
+        let normed = kernels::layer_norm(&norm, 1e-6, x.clone());
+        let out = mlp.forward(attention.forward(normed));
         let grads = out.clone().powf_scalar(2.0).mean().backward();
         let mut bits = Vec::new();
         for t in [
@@ -82,6 +87,13 @@ fn fused_training_does_not_depend_on_the_thread_count() {
             x.grad(&grads).unwrap().into_data(),
             attention.qkv.weight.grad(&grads).unwrap().into_data(),
             mlp.fc1.weight.grad(&grads).unwrap().into_data(),
+            norm.gamma.grad(&grads).unwrap().into_data(),
+            norm.beta
+                .as_ref()
+                .unwrap()
+                .grad(&grads)
+                .unwrap()
+                .into_data(),
         ] {
             bits.extend(t.to_vec::<f32>().unwrap().iter().map(|v| v.to_bits()));
         }

@@ -185,6 +185,97 @@ pub fn qkv_attention(qkv: &FloatTensor<AD>, heads: usize) -> Option<FloatTensor<
     )
 }
 
+#[derive(Debug)]
+struct LayerNormBackward;
+
+#[derive(Clone, Debug)]
+struct LayerNormState {
+    /// The input, contiguous.
+    x: FlexTensor,
+    /// γ, contiguous.
+    gamma: FlexTensor,
+    stats: std::sync::Arc<super::layer_norm::RowStats>,
+}
+
+impl<const N: usize> Backward<Flex, N> for LayerNormBackward {
+    type State = LayerNormState;
+
+    fn backward(self, ops: Ops<Self::State, N>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let grad = grads.consume::<Flex>(&ops.node).to_contiguous();
+        let [node_x, node_gamma, node_beta] =
+            [0, 1, 2].map(|i| ops.parents.get(i).cloned().flatten());
+        let s = ops.state;
+        fn f32s(t: &FlexTensor) -> &[f32] {
+            t.as_slice::<f32>().expect("contiguous f32")
+        }
+        let out = super::layer_norm::backward(
+            f32s(&s.x),
+            f32s(&grad),
+            f32s(&s.gamma),
+            &s.stats,
+            node_gamma.is_some(),
+            node_beta.is_some(),
+        );
+        let tensor = |values: Vec<f32>, shape: Shape| {
+            FlexTensor::new(
+                Bytes::from_elems(values),
+                Layout::contiguous(shape),
+                DType::F32,
+            )
+        };
+        let vector = || s.gamma.layout().shape().clone();
+        if let (Some(node), Some(dg)) = (node_gamma, out.gamma) {
+            grads.register::<Flex>(node.id, tensor(dg, vector()));
+        }
+        if let (Some(node), Some(db)) = (node_beta, out.beta) {
+            grads.register::<Flex>(node.id, tensor(db, vector()));
+        }
+        if let Some(node) = node_x {
+            grads.register::<Flex>(node.id, tensor(out.x, s.x.layout().shape().clone()));
+        }
+    }
+}
+
+/// LayerNorm on `Autodiff<Flex>`: [`super::layer_norm`]'s forward, keeping each row's mean and
+/// `1/σ`, and its one-pass backward. `None` where the kernel declines.
+pub fn layer_norm(
+    x: &FloatTensor<AD>,
+    gamma: &FloatTensor<AD>,
+    beta: Option<&FloatTensor<AD>>,
+    eps: f64,
+) -> Option<FloatTensor<AD>> {
+    let (out, stats) = super::layer_norm::forward(
+        &x.primitive,
+        &gamma.primitive,
+        beta.map(|b| &b.primitive),
+        eps,
+    )?;
+    let stats = std::sync::Arc::new(stats);
+    macro_rules! run {
+        ($nodes:expr) => {
+            match LayerNormBackward
+                .prepare::<NoCheckpointing>($nodes)
+                .compute_bound()
+                .stateful()
+            {
+                OpsKind::Tracked(prep) => {
+                    let state = LayerNormState {
+                        x: x.primitive.to_contiguous(),
+                        gamma: gamma.primitive.to_contiguous(),
+                        stats: stats.clone(),
+                    };
+                    prep.finish(state, out.clone())
+                }
+                OpsKind::UnTracked(prep) => prep.finish(out.clone()),
+            }
+        };
+    }
+    Some(match beta {
+        Some(b) => run!([x.node.clone(), gamma.node.clone(), b.node.clone()]),
+        None => run!([x.node.clone(), gamma.node.clone()]),
+    })
+}
+
 /// Element-wise passes this long or longer are split over the threads in chunks of this size
 /// (each element is independent, so the split changes no bit).
 const PARALLEL_CHUNK: usize = 1 << 14;

@@ -2,8 +2,9 @@
 //! ([`dmpo_model::kernels`]) so the generic ViT uses them on Flex and, with their own backward,
 //! on `Autodiff<Flex>` (training).
 //!
-//! Inference also gets the covariance heads' Newton–Schulz iterations as one kernel, and each
-//! head's whole pooling (LayerNorm to upper triangle) as one task per image.
+//! Training also gets LayerNorm with its own backward (Burn's autodiff composes it from about
+//! ten ops). Inference also gets the covariance heads' Newton–Schulz iterations as one kernel,
+//! and each head's whole pooling (LayerNorm to upper triangle) as one task per image.
 //! What each buys is measured in docs/benchmarks.md. `DMPO_KERNELS` in the environment chooses:
 //! `composed` (none: Burn's composition everywhere), `linear` or `attention` (that trunk kernel
 //! only, to compare the two); unset or anything else, all of them.
@@ -12,6 +13,7 @@ mod attention;
 mod autodiff;
 mod bypass;
 mod covariance_pool;
+mod layer_norm;
 mod linear;
 pub mod math;
 mod newton_schulz;
@@ -70,6 +72,8 @@ pub fn install() {
             covariance_pool: all
                 .then_some(covariance_pool::covariance_pool as kernels::CovariancePoolKernel<Flex>),
             bypass: all.then_some(bypass::bypass as kernels::BypassKernel<Flex>),
+            // Flex's own LayerNorm is fused already; Burn's autodiff composes it.
+            layer_norm: None,
         });
         type AD = burn_autodiff::Autodiff<Flex>;
         kernels::install::<AD>(Kernels {
@@ -80,6 +84,7 @@ pub fn install() {
             newton_schulz: None,
             covariance_pool: None,
             bypass: None,
+            layer_norm: all.then_some(autodiff::layer_norm as kernels::LayerNormKernel<AD>),
         });
     });
 }
@@ -420,6 +425,75 @@ mod tests {
             );
             let diff = max_abs_diff(grad, grad_ref);
             assert!(diff <= 1e-4, "{b}x{n}x{d}/{heads}: gradient {diff}");
+        }
+    }
+
+    /// The LayerNorm kernel's output and gradients (input, γ, β; with and without β, with the
+    /// parameters trained or frozen; odd widths, one row and many blocks of rows) against Burn's
+    /// autodiff of its composed LayerNorm.
+    #[test]
+    fn layer_norm_under_autodiff_has_the_composed_gradients() {
+        type AB = burn_autodiff::Autodiff<B>;
+        let eps = 1e-6;
+        for (rows, dim) in [(1, 5), (3 * 64 + 7, 24), (130, 97)] {
+            let (x0, r) = (random([1, rows, dim]), random([1, rows, dim]));
+            let (g0, b0) = (random([dim]), random([dim]));
+            for (with_beta, train_params) in [(true, true), (false, true), (true, false)] {
+                let run = |fused: bool| {
+                    let x = Tensor::<AB, 3>::from_inner(x0.clone()).require_grad();
+                    let param = |t: &Tensor<B, 1>| {
+                        let t = Tensor::<AB, 1>::from_inner(t.clone());
+                        if train_params { t.require_grad() } else { t }
+                    };
+                    let (gamma, beta) = (param(&g0), with_beta.then(|| param(&b0)));
+                    let prim = |t: &Tensor<AB, 1>| t.clone().into_primitive().tensor();
+                    let y: Tensor<AB, 3> = if fused {
+                        let out = autodiff::layer_norm(
+                            &x.clone().into_primitive().tensor(),
+                            &prim(&gamma),
+                            beta.as_ref().map(prim).as_ref(),
+                            eps,
+                        )
+                        .expect("f32 accepted");
+                        Tensor::from_primitive(burn::tensor::TensorPrimitive::Float(out))
+                    } else {
+                        use burn::tensor::ops::ModuleOps;
+                        Tensor::from_primitive(burn::tensor::TensorPrimitive::Float(
+                            AB::layer_norm(
+                                x.clone().into_primitive().tensor(),
+                                prim(&gamma),
+                                beta.as_ref().map(prim),
+                                eps,
+                            ),
+                        ))
+                    };
+                    let grads = (y.clone() * Tensor::<AB, 3>::from_inner(r.clone()))
+                        .sum()
+                        .backward();
+                    let grad1 = |t: &Tensor<AB, 1>| t.grad(&grads).map(|g| g.unsqueeze::<3>());
+                    (
+                        y.inner(),
+                        x.grad(&grads).unwrap(),
+                        grad1(&gamma),
+                        beta.as_ref().and_then(grad1),
+                    )
+                };
+                let (y, gx, gg, gb) = run(true);
+                let (y_ref, gx_ref, gg_ref, gb_ref) = run(false);
+                let what = format!("{rows}x{dim}, beta {with_beta}, trained {train_params}");
+                assert!(max_abs_diff(y, y_ref) <= 1e-5, "output, {what}");
+                let diff = max_abs_diff(gx, gx_ref);
+                assert!(diff <= 1e-4, "x grad {diff}, {what}");
+                assert_eq!(gg.is_some(), train_params, "{what}");
+                assert_eq!(gb.is_some(), train_params && with_beta, "{what}");
+                for (g, g_ref) in [(gg, gg_ref), (gb, gb_ref)] {
+                    if let (Some(g), Some(g_ref)) = (g, g_ref) {
+                        // Sums over up to 199 rows.
+                        let diff = max_abs_diff(g, g_ref);
+                        assert!(diff <= 1e-3, "parameter grad {diff}, {what}");
+                    }
+                }
+            }
         }
     }
 

@@ -48,7 +48,11 @@ impl<B: Backend> Bypass<B> {
     /// [`Self::forward`] from Burn ops (and the fused linear layers): the reference, and what
     /// runs under autodiff.
     pub fn composed_forward(&self, h: Tensor<B, 3>) -> Tensor<B, 3> {
-        let hidden = kernels::linear(&self.down, self.norm.forward(h.clone()), Activation::Gelu);
+        let hidden = kernels::linear(
+            &self.down,
+            kernels::layer_norm(&self.norm, Self::NORM_EPS, h.clone()),
+            Activation::Gelu,
+        );
         h + super::scaled(
             kernels::linear(&self.up, hidden, Activation::None),
             self.scale,

@@ -65,7 +65,7 @@ impl<B: Backend> CovarianceHead<B> {
         let n = t - p;
         let x = kernels::linear(
             &self.reduce,
-            self.norm.forward(tokens.narrow(1, p, n)),
+            kernels::layer_norm(&self.norm, Self::NORM_EPS, tokens.narrow(1, p, n)),
             Activation::None,
         );
         // The mean repeated over the tokens, then a same-shape subtraction: Flex walks a

@@ -1,6 +1,7 @@
 use burn::nn::{LayerNorm, LayerNormConfig, Linear, LinearConfig};
 use burn::prelude::*;
 
+use crate::kernels;
 use crate::vit::{GlobalPool, pool_tokens};
 
 /// A first-order predictor: optional norm on the tokens, pooling (class token or mean of
@@ -14,9 +15,14 @@ pub struct LinearHead<B: Backend> {
     pub classifier: Linear<B>,
     pub pool: GlobalPool,
     pub num_prefix_tokens: usize,
+    /// The norms' epsilon, for [`kernels::layer_norm`] (the backbone's for the last exit).
+    pub norm_eps: f64,
 }
 
 impl<B: Backend> LinearHead<B> {
+    /// A fresh head's LayerNorm epsilon (timm's ViTs').
+    pub const NORM_EPS: f64 = 1e-6;
+
     /// A fresh early-exit head: LayerNorm on the tokens, pooling, linear classifier.
     pub fn new(
         dim: usize,
@@ -26,23 +32,28 @@ impl<B: Backend> LinearHead<B> {
         device: &B::Device,
     ) -> Self {
         Self {
-            norm: Some(LayerNormConfig::new(dim).with_epsilon(1e-6).init(device)),
+            norm: Some(
+                LayerNormConfig::new(dim)
+                    .with_epsilon(Self::NORM_EPS)
+                    .init(device),
+            ),
             fc_norm: None,
             classifier: LinearConfig::new(dim, num_classes).init(device),
             pool,
             num_prefix_tokens,
+            norm_eps: Self::NORM_EPS,
         }
     }
 
     /// The pooled, normed features fed to the classifier: `[B, T, D]` → `[B, D]`.
     pub fn pre_logits(&self, tokens: Tensor<B, 3>) -> Tensor<B, 2> {
         let tokens = match &self.norm {
-            Some(norm) => norm.forward(tokens),
+            Some(norm) => kernels::layer_norm(norm, self.norm_eps, tokens),
             None => tokens,
         };
         let pooled = pool_tokens(tokens, self.pool, self.num_prefix_tokens);
         match &self.fc_norm {
-            Some(norm) => norm.forward(pooled),
+            Some(norm) => kernels::layer_norm(norm, self.norm_eps, pooled),
             None => pooled,
         }
     }

@@ -64,6 +64,7 @@ impl DmpoConfig {
             classifier,
             pool,
             num_prefix_tokens: prefix,
+            norm_eps: backbone.norm_eps,
         };
         let backbone = backbone.no_grad();
 
@@ -155,7 +156,7 @@ impl<B: Backend> DmpoModel<B> {
     ) -> (Tensor<B, 3>, Option<Tensor<B, 2>>) {
         let block = &self.backbone.blocks[index];
         let x = block.forward_attention_residual(x);
-        let normed = block.norm2.forward(x.clone());
+        let normed = block.norm2(x.clone());
         let (mlp, keep) = match (self.dispatchers.get(index), dispatch) {
             (Some(d), Dispatch::Sampled { temperature }) => {
                 let m = straight_through_gate(d.logits(x.clone()), temperature);

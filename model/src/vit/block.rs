@@ -2,6 +2,7 @@ use burn::nn::{LayerNorm, LayerNormConfig};
 use burn::prelude::*;
 
 use super::{Attention, LayerScale, Mlp};
+use crate::kernels;
 
 /// Settings of one [`Block`].
 #[derive(Debug, Clone)]
@@ -30,6 +31,7 @@ impl BlockConfig {
             norm2: norm(),
             mlp: Mlp::new(d, self.mlp_hidden_dim, device),
             ls2: ls(),
+            norm_eps: self.norm_eps,
         }
     }
 }
@@ -43,18 +45,31 @@ pub struct Block<B: Backend> {
     pub norm2: LayerNorm<B>,
     pub mlp: Mlp<B>,
     pub ls2: Option<LayerScale<B>>,
+    /// The two norms' epsilon, for [`kernels::layer_norm`] (Burn's `LayerNorm` keeps its own
+    /// private).
+    pub norm_eps: f64,
 }
 
 impl<B: Backend> Block<B> {
     /// `x`: `[B, N, D]` → `[B, N, D]`.
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         let x = self.forward_attention_residual(x);
-        x.clone() + self.mlp_branch(self.norm2.forward(x))
+        x.clone() + self.mlp_branch(self.norm2(x))
     }
 
     /// The attention half of the block: `x + ls1(attn(norm1(x)))`, `[B, N, D]` → `[B, N, D]`.
     pub fn forward_attention_residual(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        x.clone() + scale(&self.ls1, self.attn.forward(self.norm1.forward(x)))
+        x.clone() + scale(&self.ls1, self.attn.forward(self.norm1(x)))
+    }
+
+    /// `norm1(x)`, fused where the backend has a LayerNorm kernel.
+    pub fn norm1<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        kernels::layer_norm(&self.norm1, self.norm_eps, x)
+    }
+
+    /// `norm2(x)`, fused where the backend has a LayerNorm kernel.
+    pub fn norm2<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        kernels::layer_norm(&self.norm2, self.norm_eps, x)
     }
 
     /// The MLP branch on already normed tokens, `ls2(mlp(normed))`: `[B, N, D]` → `[B, N, D]`.

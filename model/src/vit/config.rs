@@ -197,6 +197,7 @@ impl VitConfig {
             global_pool: self.global_pool,
             num_prefix_tokens: self.num_prefix_tokens(),
             no_embed_class: self.no_embed_class,
+            norm_eps: self.norm_eps,
         }
     }
 }

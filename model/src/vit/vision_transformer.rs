@@ -3,6 +3,7 @@ use burn::nn::{LayerNorm, Linear};
 use burn::prelude::*;
 
 use super::{Block, GlobalPool, PatchEmbed};
+use crate::kernels;
 
 /// timm's `VisionTransformer`: patch embedding, optional class token, learned absolute position
 /// embedding, pre-norm blocks, final norm (or `fc_norm` after pooling), pooling, linear head.
@@ -26,6 +27,8 @@ pub struct VisionTransformer<B: Backend> {
     pub num_prefix_tokens: usize,
     /// The position embedding is added to the patches before the prefix tokens are prepended.
     pub no_embed_class: bool,
+    /// `norm`'s and `fc_norm`'s epsilon, for [`kernels::layer_norm`].
+    pub norm_eps: f64,
 }
 
 /// Everything one full-depth pass produces, for checking against timm and for the exits.
@@ -118,7 +121,7 @@ impl<B: Backend> VisionTransformer<B> {
     /// The final norm (identity when the model uses `fc_norm`): `[B, T, D]` → `[B, T, D]`.
     pub fn final_norm(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         match &self.norm {
-            Some(norm) => norm.forward(x),
+            Some(norm) => kernels::layer_norm(norm, self.norm_eps, x),
             None => x,
         }
     }
@@ -127,7 +130,7 @@ impl<B: Backend> VisionTransformer<B> {
     pub fn pool(&self, features: Tensor<B, 3>) -> Tensor<B, 2> {
         let pooled = pool_tokens(features, self.global_pool, self.num_prefix_tokens);
         match &self.fc_norm {
-            Some(norm) => norm.forward(pooled),
+            Some(norm) => kernels::layer_norm(norm, self.norm_eps, pooled),
             None => pooled,
         }
     }
