@@ -113,7 +113,7 @@ fn linear_with(
     let tasks = if one_gemm {
         1
     } else {
-        rows.div_ceil(rows_per_task(rows))
+        rows.div_ceil(rows_per_task(rows)).max(1)
     };
     let rows_per_task = rows.div_ceil(tasks);
     let block = Block {

@@ -149,6 +149,7 @@ mod tests {
         // and without bias and GELU, a weight stored transposed (as imported from PyTorch),
         // odd sizes.
         for (rows, k, m) in [
+            (0, 5, 3),
             (1, 5, 3),
             (197, 64, 96),
             (16 * 50, 48, 130),
