@@ -244,12 +244,10 @@ pub fn layer_norm(
     beta: Option<&FloatTensor<AD>>,
     eps: f64,
 ) -> Option<FloatTensor<AD>> {
-    let (out, stats) = super::layer_norm::forward(
-        &x.primitive,
-        &gamma.primitive,
-        beta.map(|b| &b.primitive),
-        eps,
-    )?;
+    // Made contiguous once: the forward reads them so, and the backward keeps them (a covariance
+    // head normalises a narrowed view of the tokens).
+    let (x_c, gamma_c) = (x.primitive.to_contiguous(), gamma.primitive.to_contiguous());
+    let (out, stats) = super::layer_norm::forward(&x_c, &gamma_c, beta.map(|b| &b.primitive), eps)?;
     let stats = std::sync::Arc::new(stats);
     macro_rules! run {
         ($nodes:expr) => {
@@ -260,8 +258,8 @@ pub fn layer_norm(
             {
                 OpsKind::Tracked(prep) => {
                     let state = LayerNormState {
-                        x: x.primitive.to_contiguous(),
-                        gamma: gamma.primitive.to_contiguous(),
+                        x: x_c.clone(),
+                        gamma: gamma_c.clone(),
                         stats: stats.clone(),
                     };
                     prep.finish(state, out.clone())
