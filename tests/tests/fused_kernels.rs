@@ -3,6 +3,7 @@
 //! A file of its own: installing kernels is process-wide, and the other files check the
 //! composed path.
 
+use burn::module::Param;
 use burn::prelude::*;
 use dmpo_model::kernels;
 use dmpo_tests::parity::{check_pico, check_timm_reference};
@@ -37,28 +38,29 @@ fn dinov2_with_registers_matches_timm_with_fused_kernels() {
     check_timm_reference::<FlexBackend>("dinov2_reg4_tiny");
 }
 
+type AB = burn::backend::Autodiff<FlexBackend>;
+
+/// Values from a hash of the index, not the backend's RNG, which other tests share.
+fn values<const D: usize>(shape: [usize; D], salt: u32) -> Tensor<AB, D> {
+    filled(shape, salt, &Default::default()) * 0.5
+}
+
+fn set(linear: &mut burn::nn::Linear<AB>, salt: u32) {
+    let [k, m] = linear.weight.dims();
+    linear.weight = Param::from_tensor(values([k, m], salt));
+    linear.bias = Some(Param::from_tensor(values([m], salt + 1)));
+}
+
 /// Seeded training stays bit-reproducible for any thread count with the kernels (as it is
 /// with Burn's composition, `flex_determinism.rs`): a LayerNorm (γ and β trained: their
 /// gradients are sums over rows), an attention and an MLP forward and backward at ViT-S size,
 /// in pools of 1, 2 and 3 threads.
 #[test]
 fn fused_training_does_not_depend_on_the_thread_count() {
-    use burn::backend::Autodiff;
-    use burn::module::Param;
     use dmpo_model::vit::{Attention, Mlp};
 
-    type AB = Autodiff<FlexBackend>;
     install();
     assert!(kernels::installed::<AB>().is_some());
-    // Values from a hash of the index, not the backend's RNG, which other tests share.
-    fn values<const D: usize>(shape: [usize; D], salt: u32) -> Tensor<AB, D> {
-        filled(shape, salt, &Default::default()) * 0.5
-    }
-    fn set(linear: &mut burn::nn::Linear<AB>, salt: u32) {
-        let [k, m] = linear.weight.dims();
-        linear.weight = Param::from_tensor(values([k, m], salt));
-        linear.bias = Some(Param::from_tensor(values([m], salt + 1)));
-    }
     let step_bits = || {
         let device = Default::default();
         let mut attention = Attention::<AB>::new(384, 6, true, &device);
@@ -100,4 +102,42 @@ fn fused_training_does_not_depend_on_the_thread_count() {
         bits
     };
     assert_same_bits_on_any_thread_count(step_bits);
+}
+
+/// A large weight's product over a ViT-B/16 batch of rows (3,200 here, from 3,072 on) is cut
+/// into row blocks, each one gemm, and each block's gemm is threaded itself when there are more
+/// threads than blocks (12 threads here): an MLP at ViT-S width, forward and backward, gives
+/// the same bits as on one thread either way.
+#[test]
+fn large_products_in_row_blocks_do_not_depend_on_the_thread_count() {
+    use dmpo_model::vit::Mlp;
+
+    install();
+    let step_bits = || {
+        let device = Default::default();
+        let mut mlp = Mlp::<AB>::new(384, 1536, &device);
+        set(&mut mlp.fc1, 60);
+        set(&mut mlp.fc2, 70);
+        let x = values([16, 200, 384], 3).require_grad();
+        let out = mlp.forward(x.clone());
+        let grads = out.clone().powf_scalar(2.0).mean().backward();
+        let mut bits = Vec::new();
+        for t in [
+            out.inner().into_data(),
+            x.grad(&grads).unwrap().into_data(),
+            mlp.fc1.weight.grad(&grads).unwrap().into_data(),
+        ] {
+            bits.extend(t.to_vec::<f32>().unwrap().iter().map(|v| v.to_bits()));
+        }
+        bits
+    };
+    assert_same_bits_on_any_thread_count(step_bits);
+    let in_pool = |threads: usize| {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap()
+            .install(step_bits)
+    };
+    assert!(in_pool(1) == in_pool(12), "12 threads differ from 1");
 }

@@ -27,13 +27,24 @@ use super::math;
 /// weight once, so blocks of [`MIN_ROWS_PER_TASK`] rows (which split a single ViT image four
 /// ways) spent 8 % of the demo's training step packing; a large batch is cut into
 /// [`TASKS_PER_PRODUCT`] blocks of up to [`MAX_ROWS_PER_TASK`] rows instead (3 %), still enough
-/// tasks for 16 threads. Large weights (ViT-S's qkv and MLP, ViT-B): one gemm over all rows
-/// with its own threading, which packs each weight block once for every thread (ViT-B batch
-/// 16: 1.00 against 0.88 with row blocks, whose every block re-packs a 9 MiB weight).
+/// tasks for 16 threads. Large weights (ViT-S's qkv and MLP, ViT-B), re-packed by every block
+/// (up to 9 MiB; blocks of 64 rows made ViT-B batch 16 0.88 of PyTorch against 1.00): from
+/// `LARGE_WEIGHT_BLOCKS × LARGE_WEIGHT_MIN_ROWS_PER_TASK` rows on (a ViT-B/16 batch of 16),
+/// that many blocks (or twice as many, from twice the rows), so the re-packing stays a few
+/// per cent and the blocks share out evenly on 2, 4, 8 or 16 threads (three blocks on two
+/// threads made DINOv2-S's full depth at batch 32 a fifth slower); fewer rows are one gemm with its own
+/// threading, as is each block when there are more threads than blocks. gemm's threading cuts
+/// every depth slice statically between the threads and joins them after it, so a thread
+/// delayed by another tenant of the machine holds the other at every join, where rayon hands
+/// independent blocks to whichever thread is free: ViT-B batch 16 went from 0.90 to 1.12 of
+/// PyTorch forward and 0.93 to 1.04 in the frozen training step (docs/benchmarks.md, sixth
+/// round). gemm's arithmetic, hence the bits, does not depend on how many threads run it.
 const MIN_ROWS_PER_TASK: usize = 64;
 const MAX_ROWS_PER_TASK: usize = 256;
 const TASKS_PER_PRODUCT: usize = 16;
-const ONE_GEMM_MIN_WEIGHT: usize = 1 << 18;
+const LARGE_WEIGHT: usize = 1 << 18;
+const LARGE_WEIGHT_MIN_ROWS_PER_TASK: usize = 384;
+const LARGE_WEIGHT_BLOCKS: usize = 8;
 /// Below this many multiply-adds gemm runs on one thread (Flex's threshold).
 const THREADED_GEMM_MIN_MACS: usize = 192 * 192 * 192;
 /// Rows per parallel chunk of the activation after one threaded gemm.
@@ -107,11 +118,16 @@ fn linear_with(
     let mut out: Vec<f32> = Vec::with_capacity(rows * m);
     let mut pre_activation: Option<Vec<f32>> =
         keep_pre_activation.then(|| Vec::with_capacity(rows * m));
-    // One gemm, or contiguous row blocks (see `rows_per_task`), as even as possible, which
-    // rayon spreads over the threads.
-    let one_gemm = k * m >= ONE_GEMM_MIN_WEIGHT;
-    let tasks = if one_gemm {
-        1
+    // Contiguous row blocks (see `rows_per_task`), as even as possible, which rayon spreads
+    // over the threads; one block runs straight on this thread, or (large weights) spread by
+    // gemm itself.
+    let large_weight = k * m >= LARGE_WEIGHT;
+    let tasks = if large_weight {
+        match rows / (LARGE_WEIGHT_BLOCKS * LARGE_WEIGHT_MIN_ROWS_PER_TASK) {
+            0 => 1,
+            1 => LARGE_WEIGHT_BLOCKS,
+            _ => 2 * LARGE_WEIGHT_BLOCKS,
+        }
     } else {
         rows.div_ceil(rows_per_task(rows)).max(1)
     };
@@ -125,7 +141,7 @@ fn linear_with(
         k,
         m,
         activation,
-        threaded: one_gemm,
+        threaded: large_weight && rayon::current_num_threads() > tasks,
     };
     let (out_all, pre_all) = (
         &mut out.spare_capacity_mut()[..rows * m],
@@ -181,7 +197,8 @@ struct Block<'a> {
     k: usize,
     m: usize,
     activation: Activation,
-    /// One block holding every row: gemm and the activation spread it over the threads.
+    /// Fewer blocks than threads (a large weight): gemm and the activation spread each block
+    /// over the threads as well.
     threaded: bool,
 }
 
