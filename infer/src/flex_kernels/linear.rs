@@ -30,9 +30,9 @@ use super::math;
 /// tasks for 16 threads. Large weights (ViT-S's qkv and MLP, ViT-B), re-packed by every block
 /// (up to 9 MiB; blocks of 64 rows made ViT-B batch 16 0.88 of PyTorch against 1.00): from
 /// `LARGE_WEIGHT_BLOCKS × LARGE_WEIGHT_MIN_ROWS_PER_TASK` rows on (a ViT-B/16 batch of 16),
-/// that many blocks (or twice as many, from twice the rows), so the re-packing stays a few
-/// per cent and the blocks share out evenly on 2, 4, 8 or 16 threads (three blocks on two
-/// threads made DINOv2-S's full depth at batch 32 a fifth slower); fewer rows are one gemm with its own
+/// that many blocks (or twice as many, from twice the rows), so the re-packing stays a few per
+/// cent and the blocks share out evenly on 2, 4, 8 or 16 threads (three blocks on two threads
+/// made DINOv2-S's full depth at batch 32 a fifth slower); fewer rows are one gemm with its own
 /// threading, as is each block when there are more threads than blocks. gemm's threading cuts
 /// every depth slice statically between the threads and joins them after it, so a thread
 /// delayed by another tenant of the machine holds the other at every join, where rayon hands
