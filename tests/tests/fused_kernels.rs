@@ -51,6 +51,15 @@ fn set(linear: &mut burn::nn::Linear<AB>, salt: u32) {
     linear.bias = Some(Param::from_tensor(values([m], salt + 1)));
 }
 
+/// Every value of `tensors`, as bits, one after the other.
+fn bits<const N: usize>(tensors: [TensorData; N]) -> Vec<u32> {
+    tensors
+        .iter()
+        .flat_map(|t| t.to_vec::<f32>().unwrap())
+        .map(f32::to_bits)
+        .collect()
+}
+
 /// Seeded training stays bit-reproducible for any thread count with the kernels (as it is
 /// with Burn's composition, `flex_determinism.rs`): a LayerNorm (γ and β trained: their
 /// gradients are sums over rows), an attention and an MLP forward and backward at ViT-S size,
@@ -83,8 +92,7 @@ fn fused_training_does_not_depend_on_the_thread_count() {
         let normed = kernels::layer_norm(&norm, 1e-6, x.clone());
         let out = mlp.forward(attention.forward(normed));
         let grads = out.clone().powf_scalar(2.0).mean().backward();
-        let mut bits = Vec::new();
-        for t in [
+        bits([
             out.inner().into_data(),
             x.grad(&grads).unwrap().into_data(),
             attention.qkv.weight.grad(&grads).unwrap().into_data(),
@@ -96,10 +104,7 @@ fn fused_training_does_not_depend_on_the_thread_count() {
                 .grad(&grads)
                 .unwrap()
                 .into_data(),
-        ] {
-            bits.extend(t.to_vec::<f32>().unwrap().iter().map(|v| v.to_bits()));
-        }
-        bits
+        ])
     };
     assert_same_bits_on_any_thread_count(step_bits);
 }
@@ -121,15 +126,11 @@ fn large_products_in_row_blocks_do_not_depend_on_the_thread_count() {
         let x = values([16, 200, 384], 3).require_grad();
         let out = mlp.forward(x.clone());
         let grads = out.clone().powf_scalar(2.0).mean().backward();
-        let mut bits = Vec::new();
-        for t in [
+        bits([
             out.inner().into_data(),
             x.grad(&grads).unwrap().into_data(),
             mlp.fc1.weight.grad(&grads).unwrap().into_data(),
-        ] {
-            bits.extend(t.to_vec::<f32>().unwrap().iter().map(|v| v.to_bits()));
-        }
-        bits
+        ])
     };
     assert_same_bits_on_any_thread_count(step_bits);
     let in_pool = |threads: usize| {
