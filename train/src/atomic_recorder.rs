@@ -1,6 +1,8 @@
 //! Checkpoints that are either whole or absent.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use burn::record::{
     FileRecorder, FullPrecisionSettings, NamedMpkFileRecorder, Recorder, RecorderError,
@@ -11,6 +13,40 @@ use serde::de::DeserializeOwned;
 
 /// Where unfinished checkpoint files are written, inside the checkpoint directory.
 pub const PARTIAL_DIR: &str = ".partial";
+
+/// Checkpoint files this process is writing now. Burn writes checkpoints on threads of its own;
+/// a process about to exit early (a node that lost its peer) waits for them, so the epoch it
+/// has just finished is on disk rather than cut off mid-write.
+static WRITES_IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
+
+/// Counts one write for as long as it lives, whichever way the write ends.
+struct InFlight;
+
+impl InFlight {
+    fn start() -> Self {
+        WRITES_IN_FLIGHT.fetch_add(1, Ordering::SeqCst);
+        Self
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        WRITES_IN_FLIGHT.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Waits until this process writes no checkpoint file, for at most `timeout`; whether none is
+/// being written when it returns.
+pub(crate) fn wait_for_checkpoint_writes(timeout: Duration) -> bool {
+    let start = Instant::now();
+    while WRITES_IN_FLIGHT.load(Ordering::SeqCst) > 0 {
+        if start.elapsed() >= timeout {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    true
+}
 
 /// Wraps a Burn file recorder so that each file is written beside its destination, flushed to
 /// disk, then renamed over it. Burn's own recorders write in place: a run killed mid-write
@@ -40,6 +76,7 @@ impl<B: Backend, R: FileRecorder<B>> Recorder<B> for AtomicFileRecorder<R> {
     type LoadArgs = PathBuf;
 
     fn save_item<I: Serialize>(&self, item: I, file: PathBuf) -> Result<(), RecorderError> {
+        let _writing = InFlight::start();
         let io = |e: std::io::Error| RecorderError::Unknown(format!("{}: {e}", file.display()));
         let target = with_extension::<B, R>(&file);
         let dir = target.parent().unwrap_or(Path::new("."));
@@ -111,6 +148,16 @@ mod tests {
     use burn::module::Module;
     use burn::nn::{Linear, LinearConfig};
     use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder};
+
+    /// A node about to exit waits for a write in progress, and not for ever.
+    #[test]
+    fn waiting_for_writes_holds_while_one_is_in_flight() {
+        let writing = InFlight::start();
+        assert!(!wait_for_checkpoint_writes(Duration::from_millis(60)));
+        drop(writing);
+        // Other tests of this binary may be writing checkpoints too; they end.
+        assert!(wait_for_checkpoint_writes(Duration::from_secs(30)));
+    }
 
     type Atomic = AtomicFileRecorder<NamedMpkFileRecorder<FullPrecisionSettings>>;
 

@@ -455,6 +455,13 @@ mod sync {
             format!("Lost peer: {}", lost.join(", "))
         };
         let checkpoints = joined.checkpoints.lock().ok().and_then(|c| c.clone());
+        if checkpoints.is_some() {
+            // The epoch that has just ended may still be on its way to disk: Burn hands
+            // checkpoints to threads of its own, and exiting would cut them off. A moment for a
+            // queued write to start, then every write lands before we say what there is.
+            std::thread::sleep(Duration::from_millis(200));
+            crate::atomic_recorder::wait_for_checkpoint_writes(Duration::from_secs(60));
+        }
         let kept = match checkpoints {
             Some(dir) => match crate::last_complete_checkpoint(&dir, crate::CHECKPOINT_EXTENSION) {
                 Some(e) => format!(

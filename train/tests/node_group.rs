@@ -238,15 +238,21 @@ fn a_killed_node_stops_its_peer_and_both_resume_to_the_uninterrupted_weights() {
     let dirs = [root.path().join("node-0"), root.path().join("node-1")];
     let mut first = spawn(0, port, 3, false, (64, 1), &dirs[0]);
     let mut second = spawn(1, port, 3, false, (64, 1), &dirs[1]);
-    // Node 1 dies once its first epoch is on disk (mid-way through the second).
+    // Node 1 dies once both nodes have their first epoch on disk (mid-way through the second;
+    // killed as soon as its own was there, node 1 could take down node 0 still in the last
+    // exchange of the first epoch, with nothing to resume from).
     let start = Instant::now();
-    let checkpoint = dirs[1].join("checkpoint");
-    while dmpo_train::last_complete_checkpoint(&checkpoint, dmpo_train::CHECKPOINT_EXTENSION)
-        .is_none()
-    {
+    let on_disk = |dir: &Path| {
+        dmpo_train::last_complete_checkpoint(
+            &dir.join("checkpoint"),
+            dmpo_train::CHECKPOINT_EXTENSION,
+        )
+        .is_some()
+    };
+    while !dirs.iter().all(|d| on_disk(d)) {
         assert!(
             start.elapsed() < Duration::from_secs(240),
-            "no checkpoint of node 1"
+            "no checkpoint on both nodes"
         );
         std::thread::sleep(Duration::from_millis(50));
     }
