@@ -36,8 +36,9 @@ impl Drop for InFlight {
 }
 
 /// Waits until this process writes no checkpoint file, for at most `timeout`; whether none is
-/// being written when it returns.
-pub(crate) fn wait_for_checkpoint_writes(timeout: Duration) -> bool {
+/// being written when it returns. For an app that must exit before training ends (the node
+/// group does when a peer is lost): the epoch just finished then lands whole.
+pub fn wait_for_checkpoint_writes(timeout: Duration) -> bool {
     let start = Instant::now();
     while WRITES_IN_FLIGHT.load(Ordering::SeqCst) > 0 {
         if start.elapsed() >= timeout {

@@ -52,7 +52,7 @@ mod tune_config;
 pub use arm::Arm;
 pub use atomic_recorder::{
     AtomicFileRecorder, CHECKPOINT_EXTENSION, CheckpointRecorder, PARTIAL_DIR,
-    last_complete_checkpoint,
+    last_complete_checkpoint, wait_for_checkpoint_writes,
 };
 pub use batcher::{EpochWeights, ExitBatch, ExitBatcher};
 pub use compare::{CompareConfig, CompareReport, RUN_TIME_FILE, compare};

@@ -41,9 +41,21 @@ pub fn stripes(n: usize) -> ImageDataset {
 /// The backends draw every random tensor from one process-wide generator and a test file's
 /// tests run on parallel threads: the seed and the draws of the weights happen under one lock,
 /// so another test's model cannot draw in between (the tests draw nowhere else).
+/// The backend's random generator is one per process: whoever seeds it (`tiny_model`, and
+/// `dmpo_train::train` when it starts) holds this, so tests running side by side do not reseed
+/// it under each other (a training run starting while another test initialises its model
+/// changed that model's weights).
+#[allow(dead_code)]
+pub static BACKEND_RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Holds [`BACKEND_RNG`] for as long as the guard lives.
+#[allow(dead_code)]
+pub fn backend_rng() -> std::sync::MutexGuard<'static, ()> {
+    BACKEND_RNG.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 pub fn tiny_model<B: Backend>(seed: u64) -> DmpoModel<B> {
-    static RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _one_at_a_time = RNG.lock().unwrap_or_else(|e| e.into_inner());
+    let _one_at_a_time = backend_rng();
     let device = Default::default();
     B::seed(&device, seed);
     let vit = VitConfig::tiny().with_num_classes(0).init::<B>(&device);
