@@ -74,6 +74,15 @@ pub fn filled<B: Backend, const D: usize>(
 /// Asserts that `run` gives the same bits in rayon pools of 1, 2 and 3 threads (what Flex
 /// splits over threads must not change a result).
 pub fn assert_same_bits_on_any_thread_count(run: impl Fn() -> Vec<u32> + Send + Sync) {
+    assert_same_bits_on_thread_counts(&[2, 3], run);
+}
+
+/// Asserts that `run` gives the same bits in a rayon pool of each of `threads` as in a pool of
+/// one thread.
+pub fn assert_same_bits_on_thread_counts(
+    threads: &[usize],
+    run: impl Fn() -> Vec<u32> + Send + Sync,
+) {
     let in_pool = |threads: usize| {
         rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
@@ -83,7 +92,7 @@ pub fn assert_same_bits_on_any_thread_count(run: impl Fn() -> Vec<u32> + Send + 
     };
     let one = in_pool(1);
     assert!(one.iter().any(|&b| f32::from_bits(b) != 0.0));
-    for threads in [2, 3] {
+    for &threads in threads {
         let many = in_pool(threads);
         let differing = one.iter().zip(&many).filter(|(a, b)| a != b).count();
         assert_eq!(

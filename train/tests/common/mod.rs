@@ -39,21 +39,16 @@ pub fn stripes(n: usize) -> ImageDataset {
 /// A tiny two-exit DMPO model (16 px, patch 4, width 24, 4 blocks); the same weights for a seed.
 ///
 /// The backends draw every random tensor from one process-wide generator and a test file's
-/// tests run on parallel threads: the seed and the draws of the weights happen under one lock,
-/// so another test's model cannot draw in between (the tests draw nowhere else).
-/// The backend's random generator is one per process: whoever seeds it (`tiny_model`, and
-/// `dmpo_train::train` when it starts) holds this, so tests running side by side do not reseed
-/// it under each other (a training run starting while another test initialises its model
-/// changed that model's weights).
-#[allow(dead_code)]
-pub static BACKEND_RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-/// Holds [`BACKEND_RNG`] for as long as the guard lives.
-#[allow(dead_code)]
+/// tests run on parallel threads: whoever seeds it (`tiny_model`, and `dmpo_train::train` when
+/// it starts) holds this lock for as long as the guard lives, so another test cannot reseed
+/// the generator while a model's weights are drawn (a training run starting mid-draw changed
+/// that model's weights).
 pub fn backend_rng() -> std::sync::MutexGuard<'static, ()> {
-    BACKEND_RNG.lock().unwrap_or_else(|e| e.into_inner())
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// A tiny DMPO model whose seed alone sets its weights (see [`backend_rng`]).
 pub fn tiny_model<B: Backend>(seed: u64) -> DmpoModel<B> {
     let _one_at_a_time = backend_rng();
     let device = Default::default();
