@@ -4,7 +4,7 @@
 //! forward spends a third of its time outside matrix products: the copies that split `qkv`
 //! into heads and merge them back, the bias add, the GELU pass. A crate that *does* name a
 //! backend (here `dmpo-infer`, for Flex) can install faster, fused versions of seven building
-//! blocks with [`install`]; [`patchify`], [`linear`], [`qkv_attention`], [`matrix_sqrt`],
+//! blocks with [`install`]; [`patchify`], [`embed_tokens`], [`linear`], [`qkv_attention`], [`matrix_sqrt`],
 //! [`covariance_features`], [`bypass`] and [`layer_norm`] use them
 //! when the tensors' backend has them installed and the kernel accepts the input, and fall back
 //! to the plain Burn composition otherwise. So every backend gives the same results (to
@@ -63,6 +63,11 @@ pub type CovariancePoolKernel<B> = fn(&CovariancePool<B>) -> Option<FloatPrimiti
 /// `None`: declined.
 pub type PatchifyKernel<B> = fn(&FloatPrimitive<B>, usize) -> Option<FloatPrimitive<B>>;
 
+/// The tokens entering a ViT's first block ([`embed_tokens`]): the prefix tokens (class,
+/// registers) before each image's patch tokens, with the position embedding added. `None`:
+/// declined.
+pub type EmbedTokensKernel<B> = fn(&TokensInput<B>) -> Option<FloatPrimitive<B>>;
+
 /// A bypass module whole ([`crate::dmpo::Bypass`]): `h + s · Up(GELU(Down(LN(h))))` for
 /// `tokens: [B, T, D]` → `[B, T, D]`. `None`: declined.
 pub type BypassKernel<B> = fn(&BypassInput<B>) -> Option<FloatPrimitive<B>>;
@@ -90,6 +95,17 @@ pub struct BypassInput<B: Backend> {
     pub scale: f64,
 }
 
+/// What [`EmbedTokensKernel`] is given.
+pub struct TokensInput<B: Backend> {
+    /// `[B, N, D]`, the patch embedding's output.
+    pub patches: FloatPrimitive<B>,
+    /// `[1, r, D]` each, in order (class token, then registers); may be empty.
+    pub prefix: Vec<FloatPrimitive<B>>,
+    /// `[1, P + N, D]` when `pos_on_prefix`, else `[1, N, D]` (timm's `no_embed_class`).
+    pub pos_embed: FloatPrimitive<B>,
+    pub pos_on_prefix: bool,
+}
+
 /// What [`CovariancePoolKernel`] is given: the tokens and the head's parameters.
 pub struct CovariancePool<B: Backend> {
     pub tokens: FloatPrimitive<B>,
@@ -106,6 +122,7 @@ pub struct CovariancePool<B: Backend> {
 /// The fused kernels of one backend; a missing one is composed from Burn ops.
 pub struct Kernels<B: Backend> {
     pub patchify: Option<PatchifyKernel<B>>,
+    pub embed_tokens: Option<EmbedTokensKernel<B>>,
     pub linear: Option<LinearKernel<B>>,
     pub qkv_attention: Option<QkvAttentionKernel<B>>,
     pub newton_schulz: Option<NewtonSchulzKernel<B>>,
@@ -174,6 +191,72 @@ pub fn composed_patchify<B: Backend>(images: Tensor<B, 4>, patch: usize) -> Tens
         .reshape([b, c, gh, p, gw, p])
         .permute([0, 2, 4, 1, 3, 5])
         .reshape([b, gh * gw, c * p * p])
+}
+
+/// The tokens entering block 0, `[B, P + N, D]`, from the patch tokens `patches: [B, N, D]`:
+/// the `prefix` tokens (`[1, r, D]` each: class, registers) before each image's patches, and
+/// the position embedding `pos_embed` added to all of them (`pos_on_prefix`, `[1, P + N, D]`)
+/// or, as timm's `no_embed_class`, to the patches alone before the prefix goes in front
+/// (`[1, N, D]`). A backend's kernel when one is installed (one pass over the tokens where
+/// Burn's ops broadcast the prefix, concatenate and add: two of the demo model's four
+/// microseconds of embedding per image on Flex), Burn's ops otherwise.
+pub fn embed_tokens<B: Backend>(
+    patches: Tensor<B, 3>,
+    prefix: &[Tensor<B, 3>],
+    pos_embed: Tensor<B, 3>,
+    pos_on_prefix: bool,
+) -> Tensor<B, 3> {
+    if let Some(kernel) = installed::<B>().and_then(|k| k.embed_tokens) {
+        let input = TokensInput {
+            patches: float(&patches),
+            prefix: prefix.iter().map(float).collect(),
+            pos_embed: float(&pos_embed),
+            pos_on_prefix,
+        };
+        if let Some(out) = kernel(&input) {
+            return Tensor::from_primitive(TensorPrimitive::Float(out));
+        }
+    }
+    composed_embed_tokens(patches, prefix, pos_embed, pos_on_prefix)
+}
+
+/// [`embed_tokens`] from Burn ops only.
+pub fn composed_embed_tokens<B: Backend>(
+    patches: Tensor<B, 3>,
+    prefix: &[Tensor<B, 3>],
+    pos_embed: Tensor<B, 3>,
+    pos_on_prefix: bool,
+) -> Tensor<B, 3> {
+    let [b, _, d] = patches.dims();
+    let mut x = patches;
+    if !pos_on_prefix {
+        x = add_per_image(x, pos_embed.clone());
+    }
+    if !prefix.is_empty() {
+        let mut parts: Vec<Tensor<B, 3>> = prefix
+            .iter()
+            .map(|p| {
+                let r = p.dims()[1];
+                p.clone().expand([b, r, d])
+            })
+            .collect();
+        parts.push(x);
+        x = Tensor::cat(parts, 1);
+    }
+    if pos_on_prefix {
+        add_per_image(x, pos_embed)
+    } else {
+        x
+    }
+}
+
+/// `x + e` for tokens `x: [B, T, D]` and one `[1, T, D]` added to every image, on `[B, T·D]`
+/// views: the same broadcast, but Flex runs a row broadcast of a 2-D tensor vectorised and
+/// walks a 3-D one over its leading dimension element by element (docs/benchmarks.md, second
+/// round).
+pub(crate) fn add_per_image<B: Backend>(x: Tensor<B, 3>, e: Tensor<B, 3>) -> Tensor<B, 3> {
+    let [b, t, d] = x.dims();
+    (x.reshape([b, t * d]) + e.reshape([1, t * d])).reshape([b, t, d])
 }
 
 /// `norm(x)` with the norm's epsilon `eps` (which Burn's `LayerNorm` keeps private): the
@@ -342,6 +425,7 @@ mod tests {
 
         install::<B>(Kernels {
             patchify: None,
+            embed_tokens: None,
             linear: Some(doubling_linear),
             qkv_attention: None,
             newton_schulz: None,
@@ -358,6 +442,7 @@ mod tests {
 
         install::<B>(Kernels {
             patchify: None,
+            embed_tokens: None,
             linear: Some(declining_linear),
             qkv_attention: None,
             newton_schulz: None,

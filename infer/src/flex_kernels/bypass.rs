@@ -7,12 +7,14 @@
 //! through all of them while they are in cache. Results depend on the rows alone, never on
 //! how they are split over threads.
 
+use std::mem::MaybeUninit;
+
 use burn::tensor::{Bytes, DType};
 use burn_flex::{FlexTensor, Layout};
 use dmpo_model::kernels::BypassInput;
 use rayon::prelude::*;
 
-use super::math::{LayerNormParams, best_simd, gelu, layer_normed};
+use super::math::{LayerNormParams, best_simd, gelu, layer_norm_rows};
 use super::optional_slice;
 use super::small_product::{Strided, small_product};
 
@@ -85,9 +87,18 @@ pub fn bypass(input: &BypassInput<burn::backend::Flex>) -> Option<FlexTensor> {
         return None;
     }
     let h = tokens.as_slice::<f32>()?;
-    let mut out = h.to_vec();
-    out.par_chunks_mut(ROWS_PER_TASK * dim)
-        .for_each(|rows| rows_through(&branch, rows));
+    // Each task writes its rows' `z` from their `h`: no serial copy of the batch first (it was
+    // a twentieth of a head's time with the other core idle).
+    let mut out: Vec<f32> = Vec::with_capacity(h.len());
+    out.spare_capacity_mut()
+        .par_chunks_mut(ROWS_PER_TASK * dim)
+        .zip(h.par_chunks(ROWS_PER_TASK * dim))
+        .for_each_init(Vec::new, |scratch, (z, h)| {
+            rows_through(&branch, h, z, scratch)
+        });
+    // SAFETY: the chunks cover the whole capacity (`h.len()` floats) and `rows_through`
+    // writes every element of its chunk.
+    unsafe { out.set_len(h.len()) };
     Some(FlexTensor::new(
         Bytes::from_elems(out),
         Layout::contiguous(shape.clone()),
@@ -110,14 +121,30 @@ struct Branch<'a> {
     scale: f32,
 }
 
-/// `rows` holds some tokens' `h` (`[n, dim]`) and leaves with their `z`; vectorised for the
-/// CPU it runs on.
-fn rows_through(branch: &Branch<'_>, rows: &mut [f32]) {
-    best_simd!((branch: &Branch<'_>, rows: &mut [f32]) { rows_through_body(branch, rows) })
+/// Some tokens' `z` (`[n, dim]`, every element written) from their `h`; vectorised for the
+/// CPU it runs on. `scratch` is the task's own, grown on first use (nothing allocated per
+/// block of rows).
+fn rows_through(
+    branch: &Branch<'_>,
+    rows: &[f32],
+    z: &mut [MaybeUninit<f32>],
+    scratch: &mut Vec<f32>,
+) {
+    let n = rows.len() / branch.dim;
+    scratch.resize(n * (branch.dim + branch.r), 0.0);
+    let scratch = scratch.as_mut_slice();
+    best_simd!((branch: &Branch<'_>, rows: &[f32], z: &mut [MaybeUninit<f32>], scratch: &mut [f32]) {
+        rows_through_body(branch, rows, z, scratch)
+    })
 }
 
 #[inline(always)]
-fn rows_through_body(branch: &Branch<'_>, rows: &mut [f32]) {
+fn rows_through_body(
+    branch: &Branch<'_>,
+    rows: &[f32],
+    z: &mut [MaybeUninit<f32>],
+    scratch: &mut [f32],
+) {
     let Branch {
         dim,
         r,
@@ -129,47 +156,53 @@ fn rows_through_body(branch: &Branch<'_>, rows: &mut [f32]) {
         scale,
     } = *branch;
     let n = rows.len() / dim;
-    let mut normed = layer_normed(rows, dim, norm);
-    let mut hidden = vec![0.0f32; n * r];
+    let (normed, hidden) = scratch[..n * (dim + r)].split_at_mut(n * dim);
+    layer_norm_rows(rows, normed, dim, norm);
     small_product(
         (n, r, dim),
-        Strided::rows(&normed, dim),
+        Strided::rows(normed, dim),
         down,
         r,
-        &mut hidden,
+        hidden,
         r,
         1.0,
     );
-    for row in hidden.chunks_exact_mut(r) {
-        if let Some(bias) = down_bias {
+    if let Some(bias) = down_bias {
+        for row in hidden.chunks_exact_mut(r) {
             for (v, b) in row.iter_mut().zip(bias) {
                 *v += b;
             }
         }
-        for v in row.iter_mut() {
-            *v = gelu(*v);
-        }
+    }
+    // Over the whole block, not row by row: a bottleneck row (8 wide) is half a vector.
+    for v in hidden.iter_mut() {
+        *v = gelu(*v);
     }
     // `normed` is free again: it takes Up's output.
     small_product(
         (n, dim, r),
-        Strided::rows(&hidden, r),
+        Strided::rows(hidden, r),
         up,
         dim,
-        &mut normed,
+        normed,
         dim,
         1.0,
     );
-    for (z, u) in rows.chunks_exact_mut(dim).zip(normed.chunks_exact(dim)) {
+    assert_eq!(z.len(), rows.len(), "one z per h");
+    for ((z, h), u) in z
+        .chunks_exact_mut(dim)
+        .zip(rows.chunks_exact(dim))
+        .zip(normed.chunks_exact(dim))
+    {
         match up_bias {
             Some(bias) => {
-                for ((z, &u), b) in z.iter_mut().zip(u).zip(bias) {
-                    *z += scaled(u + b, scale);
+                for (((z, &h), &u), b) in z.iter_mut().zip(h).zip(u).zip(bias) {
+                    z.write(h + scaled(u + b, scale));
                 }
             }
             None => {
-                for (z, &u) in z.iter_mut().zip(u) {
-                    *z += scaled(u, scale);
+                for ((z, &h), &u) in z.iter_mut().zip(h).zip(u) {
+                    z.write(h + scaled(u, scale));
                 }
             }
         }

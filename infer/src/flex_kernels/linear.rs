@@ -40,6 +40,12 @@ use super::math;
 /// PyTorch forward and 0.93 to 1.04 in the frozen training step (docs/benchmarks.md, sixth
 /// round). gemm's arithmetic, hence the bits, does not depend on how many threads run it.
 const MIN_ROWS_PER_TASK: usize = 64;
+/// From this many rows up to [`MIN_ROWS_PER_TASK`], two blocks rather than one: a single
+/// image of the demo model (50 tokens) is then spread over two threads, as two images were.
+/// On a pool thread ([`crate::on_compute_thread`], as `dmpo` runs), its block at batch 1 went
+/// from 106 to 87 µs, what the images left after the first exits run at (docs/benchmarks.md,
+/// seventh round); from `main`, 125 to 122 µs.
+const MIN_ROWS_TO_SPLIT: usize = 32;
 const MAX_ROWS_PER_TASK: usize = 256;
 const TASKS_PER_PRODUCT: usize = 16;
 const LARGE_WEIGHT: usize = 1 << 18;
@@ -128,6 +134,8 @@ fn linear_with(
             1 => LARGE_WEIGHT_BLOCKS,
             _ => 2 * LARGE_WEIGHT_BLOCKS,
         }
+    } else if (MIN_ROWS_TO_SPLIT..MIN_ROWS_PER_TASK).contains(&rows) {
+        2
     } else {
         rows.div_ceil(rows_per_task(rows)).max(1)
     };
@@ -150,8 +158,7 @@ fn linear_with(
             .map(|pre| &mut pre.spare_capacity_mut()[..rows * m]),
     );
     if tasks == 1 {
-        // Straight on this thread: a batch-1 forward is dozens of small products, where
-        // handing each to rayon costs a tenth of the time.
+        // Straight on this thread: fewer than `MIN_ROWS_TO_SPLIT` rows are not worth a hand-off.
         block.run(0, out_all, pre_all);
     } else {
         let out_blocks = out_all.par_chunks_mut(rows_per_task * m);

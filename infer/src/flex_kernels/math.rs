@@ -230,15 +230,57 @@ pub fn layer_norm_in_place(row: &mut [f32], norm: LayerNormParams<'_>) -> (f32, 
     (mean, inv)
 }
 
-/// A copy of `rows` (`[n, dim]`, row-major) with each row layer-normed as
-/// [`layer_norm_in_place`] does.
+/// Every row of `src` (`[n, dim]`, row-major) layer-normed into `dst`, with the bits of
+/// [`layer_norm_in_place`] (the same sums in the same order), read from `src` rather than
+/// from a copy made first: what the covariance heads and bypass modules norm.
 #[inline(always)]
-pub fn layer_normed(rows: &[f32], dim: usize, norm: LayerNormParams<'_>) -> Vec<f32> {
-    let mut normed = rows.to_vec();
-    for row in normed.chunks_exact_mut(dim) {
-        layer_norm_in_place(row, norm);
+pub fn layer_norm_rows(src: &[f32], dst: &mut [f32], dim: usize, norm: LayerNormParams<'_>) {
+    assert_eq!(src.len(), dst.len(), "one output per input");
+    if dim == 0 {
+        return;
     }
-    normed
+    for (row, out) in src.chunks_exact(dim).zip(dst.chunks_exact_mut(dim)) {
+        norm_row(row, out, norm);
+    }
+}
+
+/// One row normed into `out` (see [`layer_norm_rows`]).
+#[inline(always)]
+fn norm_row(row: &[f32], out: &mut [f32], norm: LayerNormParams<'_>) {
+    let LayerNormParams { gamma, beta, eps } = norm;
+    // Whole 8-float blocks (the rest of the row follows them): no bounds check per lane.
+    let (blocks, tail) = row.as_chunks::<8>();
+    let n = row.len() as f32;
+    // The mean: eight lane sums, as `lane_sum`.
+    let mut sum = [0.0f32; 8];
+    for x in blocks {
+        for i in 0..8 {
+            sum[i] += x[i];
+        }
+    }
+    let mean = (sum.iter().sum::<f32>() + tail.iter().sum::<f32>()) / n;
+    // The variance, as `layer_norm_in_place`.
+    let mut centred = [0.0f32; 8];
+    for x in blocks {
+        for i in 0..8 {
+            centred[i] += (x[i] - mean) * (x[i] - mean);
+        }
+    }
+    let tail: f32 = tail.iter().map(|v| (v - mean) * (v - mean)).sum();
+    let var = (centred.iter().sum::<f32>() + tail) / n;
+    let inv = 1.0 / (var + eps).sqrt();
+    match beta {
+        Some(beta) => {
+            for (((o, &v), g), b) in out.iter_mut().zip(row).zip(gamma).zip(beta) {
+                *o = (v - mean) * inv * g + b;
+            }
+        }
+        None => {
+            for ((o, &v), g) in out.iter_mut().zip(row).zip(gamma) {
+                *o = (v - mean) * inv * g + 0.0;
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -318,6 +360,53 @@ mod tests {
                     (*g as f64 - exact).abs() <= 1e-6,
                     "len {len}: {g} vs {exact}"
                 );
+            }
+        }
+    }
+
+    /// Norming from a source into a destination gives each row the bits of the in-place
+    /// LayerNorm, from the baseline build and the vectorised one, with and without a tail.
+    #[test]
+    fn layer_norm_into_a_destination_has_the_bits_of_the_in_place_one() {
+        fn vectorised(src: &[f32], dst: &mut [f32], dim: usize, norm: LayerNormParams<'_>) {
+            best_simd!((src: &[f32], dst: &mut [f32], dim: usize, norm: LayerNormParams<'_>) {
+                layer_norm_rows(src, dst, dim, norm)
+            })
+        }
+        for dim in [96, 13, 8, 3] {
+            let gamma: Vec<f32> = (0..dim).map(|i| 0.5 + i as f32 * 0.01).collect();
+            let beta: Vec<f32> = (0..dim).map(|i| i as f32 * -0.02).collect();
+            for with_beta in [true, false] {
+                let norm = LayerNormParams {
+                    gamma: &gamma,
+                    beta: with_beta.then_some(&beta[..]),
+                    eps: 1e-6,
+                };
+                for rows in [1, 3, 4, 9] {
+                    let src: Vec<f32> = (0..rows * dim)
+                        .map(|i| ((i * 7919 % 2003) as f32 / 1001.0 - 1.0) * (1 + i % 5) as f32)
+                        .collect();
+                    let mut want = src.clone();
+                    for row in want.chunks_exact_mut(dim) {
+                        layer_norm_in_place(row, norm);
+                    }
+                    let mut got = vec![f32::NAN; src.len()];
+                    layer_norm_rows(&src, &mut got, dim, norm);
+                    assert_eq!(got, want, "baseline, {rows} rows of {dim}");
+                    let mut got = vec![f32::NAN; src.len()];
+                    vectorised(&src, &mut got, dim, norm);
+                    let mut want_vectorised = src.clone();
+                    fn one_by_one(rows: &mut [f32], dim: usize, norm: LayerNormParams<'_>) {
+                        best_simd!((rows: &mut [f32], dim: usize, norm: LayerNormParams<'_>) {
+                            for row in rows.chunks_exact_mut(dim) {
+                                layer_norm_in_place(row, norm);
+                            }
+                        })
+                    }
+                    one_by_one(&mut want_vectorised, dim, norm);
+                    assert_eq!(got, want_vectorised, "vectorised, {rows} rows of {dim}");
+                    assert_eq!(got, want, "vectorised and baseline, {rows} rows of {dim}");
+                }
             }
         }
     }

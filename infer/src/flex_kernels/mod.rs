@@ -13,6 +13,7 @@ mod attention;
 mod autodiff;
 mod bypass;
 mod covariance_pool;
+mod embed_tokens;
 mod layer_norm;
 mod linear;
 pub mod math;
@@ -64,6 +65,8 @@ pub fn install() {
         }
         kernels::install::<Flex>(Kernels {
             patchify: all.then_some(patchify::patchify as kernels::PatchifyKernel<Flex>),
+            embed_tokens: all
+                .then_some(embed_tokens::embed_tokens as kernels::EmbedTokensKernel<Flex>),
             linear: linear.then_some(linear::linear as kernels::LinearKernel<Flex>),
             qkv_attention: attention
                 .then_some(attention::qkv_attention as kernels::QkvAttentionKernel<Flex>),
@@ -78,6 +81,8 @@ pub fn install() {
         type AD = burn_autodiff::Autodiff<Flex>;
         kernels::install::<AD>(Kernels {
             patchify: all.then_some(autodiff::patchify as kernels::PatchifyKernel<AD>),
+            // Burn's ops (the position embedding may be trained).
+            embed_tokens: None,
             linear: linear.then_some(autodiff::linear as kernels::LinearKernel<AD>),
             qkv_attention: attention
                 .then_some(autodiff::qkv_attention as kernels::QkvAttentionKernel<AD>),
@@ -241,7 +246,15 @@ mod tests {
 
     #[test]
     fn fused_patchify_is_the_composed_reshape_and_permute_bit_for_bit() {
-        for (b, c, h, w, p) in [(2, 3, 28, 28, 4), (1, 1, 8, 12, 4), (3, 3, 32, 32, 16)] {
+        // Every specialised side (4, 8, 14, 16) and one read at run time (6).
+        for (b, c, h, w, p) in [
+            (2, 3, 28, 28, 4),
+            (1, 1, 8, 12, 4),
+            (3, 3, 32, 32, 16),
+            (2, 3, 16, 24, 8),
+            (1, 3, 28, 42, 14),
+            (2, 2, 12, 18, 6),
+        ] {
             let images = random([b, c, h, w]);
             let fused = patchify::patchify(&images.clone().into_primitive().tensor(), p)
                 .expect("f32 accepted");
@@ -257,6 +270,43 @@ mod tests {
 
     /// Under autodiff, untracked images (a frozen patch embedding's input) take the kernel and
     /// tracked ones the composition, whose gradient Burn derives.
+    #[test]
+    fn fused_embed_tokens_are_the_composed_concatenation_and_sum_bit_for_bit() {
+        let float = |t: &Tensor<B, 3>| t.clone().into_primitive().tensor();
+        let (b, n, d) = (3, 7, 12);
+        // No prefix, a class token, class + 4 registers; the position embedding over every
+        // token, or over the patches alone (timm's `no_embed_class`).
+        for prefix_rows in [vec![], vec![1], vec![1, 4]] {
+            for pos_on_prefix in [true, false] {
+                let patches = random([b, n, d]);
+                let prefix: Vec<Tensor<B, 3>> =
+                    prefix_rows.iter().map(|&r| random([1, r, d])).collect();
+                let p: usize = prefix_rows.iter().sum();
+                let pos = random([1, if pos_on_prefix { p + n } else { n }, d]);
+                let input = kernels::TokensInput {
+                    patches: float(&patches),
+                    prefix: prefix.iter().map(float).collect(),
+                    pos_embed: float(&pos),
+                    pos_on_prefix,
+                };
+                let fused: Tensor<B, 3> =
+                    Tensor::from_primitive(burn::tensor::TensorPrimitive::Float(
+                        embed_tokens::embed_tokens(&input).expect("f32 accepted"),
+                    ));
+                let composed = kernels::composed_embed_tokens(patches, &prefix, pos, pos_on_prefix);
+                fused.to_data().assert_eq(&composed.to_data(), true);
+            }
+        }
+        // A position embedding of the wrong length: declined, composed instead.
+        let input = kernels::TokensInput {
+            patches: float(&random([1, 4, 8])),
+            prefix: vec![float(&random([1, 1, 8]))],
+            pos_embed: float(&random([1, 4, 8])),
+            pos_on_prefix: true,
+        };
+        assert!(embed_tokens::embed_tokens(&input).is_none());
+    }
+
     #[test]
     fn autodiff_patchify_takes_untracked_images_only() {
         type AD = burn_autodiff::Autodiff<B>;

@@ -31,32 +31,55 @@ fn half_three_eye_minus(d: usize, m: &mut [f32]) {
     }
 }
 
+/// Scratch floats [`newton_schulz_one`] needs for a `d × d` matrix.
+pub(super) fn scratch_len(d: usize) -> usize {
+    4 * d * d
+}
+
 /// `y ← √a` for one `d × d` row-major matrix by `iterations` (≥ 1) Newton–Schulz steps, on this
-/// thread: the iterations of the reference `dmpo_model::dmpo::newton_schulz_sqrt`. Inlined into
+/// thread: the iterations of the reference `dmpo_model::dmpo::newton_schulz_sqrt`. `scratch`
+/// holds [`scratch_len`] floats (the caller's, so nothing is allocated per image); the
+/// iterates take turns in `y` and a scratch matrix rather than being copied back. Inlined into
 /// its callers' vectorised bodies.
 #[inline(always)]
-pub(super) fn newton_schulz_one(d: usize, a: &[f32], y: &mut [f32], iterations: usize) {
-    let mut p = a.to_vec();
-    half_three_eye_minus(d, &mut p);
-    product(d, y, a, &p);
-    let mut z = p.clone();
-    let (mut scratch, mut next) = (vec![0.0f32; d * d], vec![0.0f32; d * d]);
+pub(super) fn newton_schulz_one(
+    d: usize,
+    a: &[f32],
+    y: &mut [f32],
+    iterations: usize,
+    scratch: &mut [f32],
+) {
+    let dd = d * d;
+    let (p, rest) = scratch[..scratch_len(d)].split_at_mut(dd);
+    let (z, rest) = rest.split_at_mut(dd);
+    let (spare_y, next) = rest.split_at_mut(dd);
+    p.copy_from_slice(a);
+    half_three_eye_minus(d, p);
+    product(d, y, a, p);
+    z.copy_from_slice(p);
+    let (mut z, mut next) = (z, next);
+    // `current` holds Yₖ; `other` receives Yₖ₊₁, then they change places.
+    let (mut current, mut other) = (y, spare_y);
     for i in 1..iterations {
-        product(d, &mut p, &z, y);
-        half_three_eye_minus(d, &mut p);
-        product(d, &mut scratch, y, &p);
-        y.copy_from_slice(&scratch);
+        product(d, p, z, current);
+        half_three_eye_minus(d, p);
+        product(d, other, current, p);
+        std::mem::swap(&mut current, &mut other);
         if i + 1 < iterations {
-            product(d, &mut next, &p, &z);
+            product(d, next, p, z);
             std::mem::swap(&mut z, &mut next);
         }
+    }
+    // After an odd number of steps the result sits in the scratch matrix and `other` is `y`.
+    if (iterations - 1) % 2 == 1 {
+        other.copy_from_slice(current);
     }
 }
 
 /// [`newton_schulz_one`], vectorised for the CPU it runs on.
-fn sqrt_one(d: usize, a: &[f32], y: &mut [f32], iterations: usize) {
-    best_simd!((d: usize, a: &[f32], y: &mut [f32], iterations: usize) {
-        newton_schulz_one(d, a, y, iterations)
+fn sqrt_one(d: usize, a: &[f32], y: &mut [f32], iterations: usize, scratch: &mut [f32]) {
+    best_simd!((d: usize, a: &[f32], y: &mut [f32], iterations: usize, scratch: &mut [f32]) {
+        newton_schulz_one(d, a, y, iterations, scratch)
     })
 }
 
@@ -75,7 +98,10 @@ pub fn fused_newton_schulz(a: &FlexTensor, iterations: usize) -> Option<FlexTens
     if d > 0 {
         out.par_chunks_mut(d * d)
             .zip(values.par_chunks(d * d))
-            .for_each(|(y, a)| sqrt_one(d, a, y, iterations));
+            .for_each_init(
+                || vec![0.0f32; scratch_len(d)],
+                |scratch, (y, a)| sqrt_one(d, a, y, iterations, scratch),
+            );
     }
     Some(FlexTensor::new(
         Bytes::from_elems(out),

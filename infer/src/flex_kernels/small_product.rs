@@ -3,16 +3,33 @@
 //!
 //! The gemm crate packs both operands and dispatches per call; at d' = 32 that overhead was
 //! most of a head's time (1.5 ms of the demo's 7.5 ms block at batch 64, though a head has an
-//! eighth of a block's MACs). Here each 4 × 16 block of the result is summed in registers over
-//! the whole inner dimension, one fused multiply-add at a time in order, so every build
-//! (AVX-512, AVX2 + FMA, baseline, where `mul_add` is libm's exact `fmaf`) gives the same bits.
-//! Callers compile it into their vectorised body (`best_simd!`): it is `inline(always)` and
-//! only plain arithmetic.
+//! eighth of a block's MACs). Here each 4 × 16 block of the result (4 × 32 on AVX-512) is
+//! summed in registers over the whole inner dimension, one fused multiply-add at a time in
+//! order, so every build (AVX-512, AVX2 + FMA, baseline, where `mul_add` is libm's exact
+//! `fmaf`) gives the same bits. Callers compile it into their vectorised body (`best_simd!`):
+//! it is `inline(always)` and, but for the AVX-512 block's intrinsics, plain arithmetic.
 
 /// Rows of the result summed together: four rows × 16 columns are 8 AVX2 registers.
 const ROWS: usize = 4;
 /// Columns summed together.
 const COLS: usize = 16;
+/// Columns summed together where the CPU has AVX-512: 4 × 32 are 8 of its 16-lane registers,
+/// eight independent chains of fused multiply-adds, as many as its two FMA pipes of four
+/// cycles' latency keep busy (4 × 16 is four, half of them idle).
+const WIDE_COLS: usize = 32;
+
+/// Whether to sum [`WIDE_COLS`] columns together: on AVX-512 (detected once; a cached load).
+#[inline(always)]
+fn wide_tiles() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512f")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
 
 /// A matrix read in place at `values[i·row + l·col]`: rows of a buffer, or its transpose.
 #[derive(Clone, Copy)]
@@ -85,6 +102,7 @@ pub(super) fn small_product(
         scale,
         n,
         k,
+        wide: n >= WIDE_COLS && wide_tiles(),
     };
     let mut i = 0;
     if n < COLS {
@@ -113,13 +131,24 @@ struct Product<'a> {
     scale: f32,
     n: usize,
     k: usize,
+    /// [`WIDE_COLS`] columns at a time first.
+    wide: bool,
 }
 
 impl Product<'_> {
-    /// Rows `i..i + R` of the result, 16 columns at a time, then 8, then one by one.
+    /// Rows `i..i + R` of the result, 32 (AVX-512) or 16 columns at a time, then 8, then one
+    /// by one.
     #[inline(always)]
     fn rows<const R: usize>(&self, i: usize, c: &mut [f32]) {
         let mut j = 0;
+        #[cfg(target_arch = "x86_64")]
+        if self.wide {
+            while j + WIDE_COLS <= self.n {
+                // SAFETY: `wide` is set only where the CPU has AVX-512F; j + 32 ≤ n.
+                unsafe { self.wide_tile::<R>(i, j, c) };
+                j += WIDE_COLS;
+            }
+        }
         while j + COLS <= self.n {
             self.tile::<R, COLS>(i, j, c);
             j += COLS;
@@ -131,6 +160,43 @@ impl Product<'_> {
         while j < self.n {
             self.tile::<R, 1>(i, j, c);
             j += 1;
+        }
+    }
+
+    /// The `R × 32` tile at (i, j) in AVX-512 registers, written out with intrinsics: left to
+    /// itself the compiler gathered each step's four lhs values into one vector and shuffled
+    /// them apart again, which cost more than the wider tile saved. The same fused
+    /// multiply-adds in the same order as [`Self::tile`], so the same bits.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F; `i + R ≤ m` and `j + 32 ≤ n`.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    unsafe fn wide_tile<const R: usize>(&self, i: usize, j: usize, c: &mut [f32]) {
+        use std::arch::x86_64::*;
+        let mut acc = [[_mm512_setzero_ps(); 2]; R];
+        for l in 0..self.k {
+            // SAFETY: l < k and j + 32 ≤ n: inside b, as [`small_product`] checked.
+            let (b0, b1) = unsafe {
+                let bl = self.b.as_ptr().add(l * self.b_row + j);
+                (_mm512_loadu_ps(bl), _mm512_loadu_ps(bl.add(16)))
+            };
+            for (r, row) in acc.iter_mut().enumerate() {
+                // SAFETY: i + r < m and l < k, inside a's checked range.
+                let av = _mm512_set1_ps(unsafe { self.a.at(i + r, l) });
+                row[0] = _mm512_fmadd_ps(av, b0, row[0]);
+                row[1] = _mm512_fmadd_ps(av, b1, row[1]);
+            }
+        }
+        let scale = _mm512_set1_ps(self.scale);
+        for (r, row) in acc.iter().enumerate() {
+            let out = &mut c[(i + r) * self.c_row + j..][..WIDE_COLS];
+            // SAFETY: `out` holds 32 floats.
+            unsafe {
+                _mm512_storeu_ps(out.as_mut_ptr(), _mm512_mul_ps(row[0], scale));
+                _mm512_storeu_ps(out.as_mut_ptr().add(16), _mm512_mul_ps(row[1], scale));
+            }
         }
     }
 

@@ -89,28 +89,14 @@ impl<B: Backend> VisionTransformer<B> {
     /// register tokens prepended, position embedding added (timm's `_pos_embed`: to the
     /// patches alone, before prepending, when `no_embed_class`).
     pub fn embed(&self, images: Tensor<B, 4>) -> Tensor<B, 3> {
-        let mut x = self.patch_embed.forward(images);
-        let [b, _, d] = x.dims();
-        if self.no_embed_class {
-            x = add_per_image(x, self.pos_embed.val());
-        }
-        let mut prefix = Vec::new();
-        if let Some(cls) = &self.cls_token {
-            prefix.push(cls.val().expand([b, 1, d]));
-        }
-        if let Some(reg) = &self.reg_token {
-            let r = reg.dims()[1];
-            prefix.push(reg.val().expand([b, r, d]));
-        }
-        if !prefix.is_empty() {
-            prefix.push(x);
-            x = Tensor::cat(prefix, 1);
-        }
-        if self.no_embed_class {
-            x
-        } else {
-            add_per_image(x, self.pos_embed.val())
-        }
+        let patches = self.patch_embed.forward(images);
+        let prefix: Vec<Tensor<B, 3>> = self
+            .cls_token
+            .iter()
+            .chain(&self.reg_token)
+            .map(|t| t.val())
+            .collect();
+        kernels::embed_tokens(patches, &prefix, self.pos_embed.val(), !self.no_embed_class)
     }
 
     /// Runs block `index` on `[B, T, D]` tokens.
@@ -192,13 +178,4 @@ pub fn pool_tokens<B: Backend>(
             .mean_dim(1)
             .reshape([b, d]),
     }
-}
-
-/// `x + e` for tokens `x: [B, T, D]` and one `[1, T, D]` added to every image, on `[B, T·D]`
-/// views: the same broadcast, but Flex runs a row broadcast of a 2-D tensor vectorised and
-/// walks a 3-D one over its leading dimension element by element (docs/benchmarks.md, second
-/// round).
-pub(crate) fn add_per_image<B: Backend>(x: Tensor<B, 3>, e: Tensor<B, 3>) -> Tensor<B, 3> {
-    let [b, t, d] = x.dims();
-    (x.reshape([b, t * d]) + e.reshape([1, t * d])).reshape([b, t, d])
 }
