@@ -20,6 +20,34 @@ fn tiny_model(seed: u64) -> dmpo_model::dmpo::DmpoModel<B> {
     common::tiny_model::<B>(seed)
 }
 
+/// `dmpo_train::train` holding the backend generator's lock ([`common::backend_rng`]): it seeds
+/// the generator when it starts, so another test's `tiny_model` must not draw (or reseed)
+/// meanwhile. Arguments are evaluated first, so the model is built, under the lock on its
+/// own, before this takes it.
+#[allow(clippy::too_many_arguments)]
+fn train_seeding(
+    model: dmpo_model::dmpo::DmpoModel<B>,
+    train_set: dmpo_infer::data::ImageDataset,
+    valid_set: dmpo_infer::data::ImageDataset,
+    preprocess: &Preprocess,
+    config: &TrainConfig,
+    artifact_dir: &std::path::Path,
+    resume_epoch: Option<usize>,
+    devices: &[burn::tensor::Device<B>],
+) -> Result<dmpo_model::dmpo::DmpoModel<NdArray>, TrainError> {
+    let _seeding = common::backend_rng();
+    dmpo_train::train(
+        model,
+        train_set,
+        valid_set,
+        preprocess,
+        config,
+        artifact_dir,
+        resume_epoch,
+        devices,
+    )
+}
+
 type B = Autodiff<NdArray>;
 
 fn batcher(schedule: LossSchedule, epochs: usize, augment: bool) -> ExitBatcher {
@@ -74,7 +102,7 @@ fn training_lowers_the_loss_and_leaves_the_backbone_alone() {
         .with_lr(5e-3)
         .with_num_workers(1)
         .with_augment(false);
-    let trained = dmpo_train::train(
+    let trained = train_seeding(
         model,
         stripes(96),
         stripes(32),
@@ -179,7 +207,7 @@ fn resuming_gives_the_same_model_as_an_uninterrupted_run() {
     let device = Default::default();
     let config = train_config(3);
     let whole = tempfile::tempdir().unwrap();
-    let uninterrupted = dmpo_train::train(
+    let uninterrupted = train_seeding(
         tiny_model(0),
         stripes(64),
         stripes(16),
@@ -204,7 +232,7 @@ fn resuming_gives_the_same_model_as_an_uninterrupted_run() {
         )
         .unwrap();
     }
-    let resumed = dmpo_train::train(
+    let resumed = train_seeding(
         tiny_model(0),
         stripes(64),
         stripes(16),
@@ -234,7 +262,7 @@ fn data_parallel_training_equals_one_device_on_the_same_global_batch() {
     let device: burn::tensor::Device<B> = Default::default();
     let run = |devices: &[burn::tensor::Device<B>]| {
         let dir = tempfile::tempdir().unwrap();
-        let model = dmpo_train::train(
+        let model = train_seeding(
             tiny_model(0),
             stripes(59),
             stripes(16),
@@ -270,7 +298,7 @@ fn data_parallel_training_equals_one_device_on_the_same_global_batch() {
     }
     // The batch must split evenly between the devices.
     let dir = tempfile::tempdir().unwrap();
-    let uneven = dmpo_train::train(
+    let uneven = train_seeding(
         tiny_model(0),
         stripes(59),
         stripes(16),
@@ -289,7 +317,7 @@ fn resuming_from_a_checkpoint_of_another_model_is_one_clear_error() {
     let device = Default::default();
     let dir = tempfile::tempdir().unwrap();
     let run = |model, resume| {
-        dmpo_train::train(
+        train_seeding(
             model,
             stripes(32),
             stripes(16),
@@ -346,7 +374,7 @@ fn non_finite_loss_never_reaches_a_checkpoint(check_every: usize) {
     let device = Default::default();
     let dir = tempfile::tempdir().unwrap();
     let run = |preprocess: &Preprocess, epochs: usize, resume: Option<usize>| {
-        dmpo_train::train(
+        train_seeding(
             tiny_model(0),
             stripes(32),
             stripes(8),
