@@ -330,6 +330,8 @@ fn resuming_from_a_checkpoint_of_another_model_is_one_clear_error() {
     };
     run(tiny_model(0), None).unwrap();
     let other = |config: DmpoConfig| {
+        // Drawn from the backend's generator: not while another test seeds or draws.
+        let _one_at_a_time = common::backend_rng();
         let vit = VitConfig::tiny().with_num_classes(0).init::<B>(&device);
         config.init(vit, &device).unwrap()
     };
