@@ -198,7 +198,37 @@ pub struct LayerNormParams<'a> {
 /// the backward needs).
 #[inline(always)]
 pub fn layer_norm_in_place(row: &mut [f32], norm: LayerNormParams<'_>) -> (f32, f32) {
-    let LayerNormParams { gamma, beta, eps } = norm;
+    let stats = row_stats(row, norm.eps);
+    let pairs = row.iter_mut().map(|v| {
+        let x = *v;
+        (v, x)
+    });
+    normalize(pairs, stats, norm);
+    stats
+}
+
+/// Every row of `src` (`[n, dim]`, row-major) layer-normed into `dst` as
+/// [`layer_norm_in_place`] does (the same bits), read from `src` rather than from a copy
+/// made first: what the covariance heads and bypass modules norm.
+#[inline(always)]
+pub fn layer_norm_rows(src: &[f32], dst: &mut [f32], dim: usize, norm: LayerNormParams<'_>) {
+    assert_eq!(src.len(), dst.len(), "one output per input");
+    if dim == 0 {
+        return;
+    }
+    for (row, out) in src.chunks_exact(dim).zip(dst.chunks_exact_mut(dim)) {
+        normalize(
+            out.iter_mut().zip(row.iter().copied()),
+            row_stats(row, norm.eps),
+            norm,
+        );
+    }
+}
+
+/// A row's mean and `1 / √(var + ε)`: the mean as [`lane_sum`], the variance in the same
+/// eight lanes.
+#[inline(always)]
+fn row_stats(row: &[f32], eps: f32) -> (f32, f32) {
     let dim = row.len() as f32;
     let mean = lane_sum(row) / dim;
     let mut centred = [0.0f32; 8];
@@ -214,70 +244,26 @@ pub fn layer_norm_in_place(row: &mut [f32], norm: LayerNormParams<'_>) -> (f32, 
         .map(|v| (v - mean) * (v - mean))
         .sum();
     let var = (centred.iter().sum::<f32>() + tail) / dim;
-    let inv = 1.0 / (var + eps).sqrt();
+    (mean, 1.0 / (var + eps).sqrt())
+}
+
+/// `out = (x − mean) · inv · γ + β` for each `(out, x)` of a row.
+#[inline(always)]
+fn normalize<'a>(
+    pairs: impl Iterator<Item = (&'a mut f32, f32)>,
+    (mean, inv): (f32, f32),
+    norm: LayerNormParams<'_>,
+) {
+    let LayerNormParams { gamma, beta, .. } = norm;
     match beta {
         Some(beta) => {
-            for ((v, g), b) in row.iter_mut().zip(gamma).zip(beta) {
-                *v = (*v - mean) * inv * g + b;
+            for (((o, x), g), b) in pairs.zip(gamma).zip(beta) {
+                *o = (x - mean) * inv * g + b;
             }
         }
         None => {
-            for (v, g) in row.iter_mut().zip(gamma) {
-                *v = (*v - mean) * inv * g + 0.0;
-            }
-        }
-    }
-    (mean, inv)
-}
-
-/// Every row of `src` (`[n, dim]`, row-major) layer-normed into `dst`, with the bits of
-/// [`layer_norm_in_place`] (the same sums in the same order), read from `src` rather than
-/// from a copy made first: what the covariance heads and bypass modules norm.
-#[inline(always)]
-pub fn layer_norm_rows(src: &[f32], dst: &mut [f32], dim: usize, norm: LayerNormParams<'_>) {
-    assert_eq!(src.len(), dst.len(), "one output per input");
-    if dim == 0 {
-        return;
-    }
-    for (row, out) in src.chunks_exact(dim).zip(dst.chunks_exact_mut(dim)) {
-        norm_row(row, out, norm);
-    }
-}
-
-/// One row normed into `out` (see [`layer_norm_rows`]).
-#[inline(always)]
-fn norm_row(row: &[f32], out: &mut [f32], norm: LayerNormParams<'_>) {
-    let LayerNormParams { gamma, beta, eps } = norm;
-    // Whole 8-float blocks (the rest of the row follows them): no bounds check per lane.
-    let (blocks, tail) = row.as_chunks::<8>();
-    let n = row.len() as f32;
-    // The mean: eight lane sums, as `lane_sum`.
-    let mut sum = [0.0f32; 8];
-    for x in blocks {
-        for i in 0..8 {
-            sum[i] += x[i];
-        }
-    }
-    let mean = (sum.iter().sum::<f32>() + tail.iter().sum::<f32>()) / n;
-    // The variance, as `layer_norm_in_place`.
-    let mut centred = [0.0f32; 8];
-    for x in blocks {
-        for i in 0..8 {
-            centred[i] += (x[i] - mean) * (x[i] - mean);
-        }
-    }
-    let tail: f32 = tail.iter().map(|v| (v - mean) * (v - mean)).sum();
-    let var = (centred.iter().sum::<f32>() + tail) / n;
-    let inv = 1.0 / (var + eps).sqrt();
-    match beta {
-        Some(beta) => {
-            for (((o, &v), g), b) in out.iter_mut().zip(row).zip(gamma).zip(beta) {
-                *o = (v - mean) * inv * g + b;
-            }
-        }
-        None => {
-            for ((o, &v), g) in out.iter_mut().zip(row).zip(gamma) {
-                *o = (v - mean) * inv * g + 0.0;
+            for ((o, x), g) in pairs.zip(gamma) {
+                *o = (x - mean) * inv * g + 0.0;
             }
         }
     }
