@@ -11,7 +11,7 @@ use burn::backend::{Autodiff, Flex};
 use dmpo_train::{NodeGroup, TrainConfig};
 
 mod common;
-use common::{parameters, preprocess, stripes, tiny_model};
+use common::{parameters, preprocess, stripes, tiny_model, train_seeding};
 
 type B = Autodiff<Flex>;
 
@@ -42,11 +42,8 @@ fn train(
             dmpo_train::last_complete_checkpoint(&checkpoints, dmpo_train::CHECKPOINT_EXTENSION)
         })
         .flatten();
-    let initial = tiny_model::<B>(0);
-    // Training seeds the backend's generator too: not while another test draws from it.
-    let _seeding = common::backend_rng();
-    let model = dmpo_train::train(
-        initial,
+    let model = train_seeding(
+        tiny_model::<B>(0),
         stripes(images),
         stripes(16),
         &preprocess(),

@@ -14,38 +14,10 @@ use dmpo_train::{
 };
 
 mod common;
-use common::{parameters, preprocess, stripes};
+use common::{parameters, preprocess, stripes, train_seeding};
 
 fn tiny_model(seed: u64) -> dmpo_model::dmpo::DmpoModel<B> {
     common::tiny_model::<B>(seed)
-}
-
-/// `dmpo_train::train` holding the backend generator's lock ([`common::backend_rng`]): it seeds
-/// the generator when it starts, so another test's `tiny_model` must not draw (or reseed)
-/// meanwhile. Arguments are evaluated first, so the model is built, under the lock on its
-/// own, before this takes it.
-#[allow(clippy::too_many_arguments)]
-fn train_seeding(
-    model: dmpo_model::dmpo::DmpoModel<B>,
-    train_set: dmpo_infer::data::ImageDataset,
-    valid_set: dmpo_infer::data::ImageDataset,
-    preprocess: &Preprocess,
-    config: &TrainConfig,
-    artifact_dir: &std::path::Path,
-    resume_epoch: Option<usize>,
-    devices: &[burn::tensor::Device<B>],
-) -> Result<dmpo_model::dmpo::DmpoModel<NdArray>, TrainError> {
-    let _seeding = common::backend_rng();
-    dmpo_train::train(
-        model,
-        train_set,
-        valid_set,
-        preprocess,
-        config,
-        artifact_dir,
-        resume_epoch,
-        devices,
-    )
 }
 
 type B = Autodiff<NdArray>;

@@ -1,12 +1,15 @@
 //! What the training tests share: a two-class image set and a tiny two-exit model.
 
+use std::path::Path;
 use std::sync::Arc;
 
 use burn::prelude::Backend;
+use burn::tensor::backend::AutodiffBackend;
 use dmpo_infer::data::{ImageDataset, ImageRef, Sample};
 use dmpo_model::Preprocess;
 use dmpo_model::dmpo::{DmpoConfig, DmpoModel};
 use dmpo_model::vit::VitConfig;
+use dmpo_train::{TrainConfig, TrainError};
 use image::{DynamicImage, RgbImage};
 
 /// Two classes told apart by a horizontal vs a vertical stripe, with varying brightness.
@@ -46,6 +49,33 @@ pub fn stripes(n: usize) -> ImageDataset {
 pub fn backend_rng() -> std::sync::MutexGuard<'static, ()> {
     static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
     LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// `dmpo_train::train` holding [`backend_rng`]: it seeds the generator when it starts, so no
+/// other test may draw from it meanwhile. Arguments are evaluated first, so a `tiny_model`
+/// passed in is built, under the lock on its own, before this takes it.
+#[allow(clippy::too_many_arguments)]
+pub fn train_seeding<B: AutodiffBackend>(
+    model: DmpoModel<B>,
+    train_set: ImageDataset,
+    valid_set: ImageDataset,
+    preprocess: &Preprocess,
+    config: &TrainConfig,
+    artifact_dir: &Path,
+    resume_epoch: Option<usize>,
+    devices: &[B::Device],
+) -> Result<DmpoModel<B::InnerBackend>, TrainError> {
+    let _seeding = backend_rng();
+    dmpo_train::train(
+        model,
+        train_set,
+        valid_set,
+        preprocess,
+        config,
+        artifact_dir,
+        resume_epoch,
+        devices,
+    )
 }
 
 /// A tiny DMPO model whose seed alone sets its weights (see [`backend_rng`]).
